@@ -1,0 +1,100 @@
+"""Orbax checkpoints of the train state and the input pipeline's position.
+
+Each checkpoint holds `state` (params, BN statistics, optimiser state, step),
+`data` (the Grain iterator state) and `meta` (the step and the config fields
+that fix the shapes). A rerun in the same workdir restores the latest one;
+one written by an incompatible config is refused with the differences named,
+and left on disk.
+"""
+
+import json
+import os
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from asl_jax.errors import UserError
+
+
+def fingerprint(config) -> dict:
+  """The config fields a checkpoint's shapes and data order depend on."""
+  d = config.data
+  return {
+      "model": json.loads(config.model.to_json()),
+      "loss.classification": float(config.loss.classification) > 0,
+      "data.name": d.name,
+      "data.image_size": d.image_size,
+      "data.ids_per_batch": d.ids_per_batch,
+      "data.views_per_id": d.views_per_id,
+      "data.pair_ids_per_batch": d.pair_ids_per_batch,
+      "data.synthetic": json.loads(d.synthetic.to_json()) if d.name == "ndec/synthetic" else None,
+  }
+
+
+def _differences(saved: dict, current: dict, prefix="") -> list[str]:
+  out = []
+  for key in sorted(set(saved) | set(current)):
+    a, b = saved.get(key), current.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _differences(a, b, f"{prefix}{key}.")
+    elif a != b and key != "num_workers":
+      out.append(f"{prefix}{key}: {a!r} in the checkpoint, {b!r} now")
+  return out
+
+
+class Checkpointer:
+  """Saves every `every` steps (and when asked), keeping the last `keep`."""
+
+  def __init__(self, workdir: str, every: int, keep: int):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.every = every
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=True))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_iterator, meta: dict, force=False):
+    if not force and step % self.every:
+      return
+    self.manager.save(step, force=force, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iterator),
+        meta=ocp.args.JsonSave(meta)))
+
+  def check_compatible(self, step: int, current: dict):
+    meta = self.manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore())).meta
+    diff = _differences(meta.get("fingerprint", {}), current)
+    if diff:
+      raise UserError(
+          f"The workdir holds a checkpoint (step {step}, in {self.directory}) "
+          "written with an incompatible config: " + "; ".join(diff) + ". Use "
+          "another --workdir for the new config, or rerun with the config "
+          "that wrote it. The checkpoint was left untouched.")
+
+  def restore(self, step: int, abstract_state, data_iterator):
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    except (ValueError, KeyError, TypeError) as e:
+      raise UserError(
+          f"Could not restore the checkpoint of step {step} from "
+          f"{self.directory}: {e}. It does not match the current model; use "
+          "another --workdir. The checkpoint was left untouched.") from None
+    return restored.state
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract(tree):
+  """Shape/dtype/sharding structs to restore into."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

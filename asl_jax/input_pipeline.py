@@ -1,0 +1,165 @@
+"""Grain input pipelines over the TFDS `ndec` data sources.
+
+Training batches hold N identities x K views, id-major (method.md §3.4):
+
+  views               uint8   [N, K, S, S, 3]
+  information_amount  float32 [N, K]   fraction of the source content kept
+  label               int32   [N]      identity (train index; pairs after)
+
+View 0 of each identity is the whole source image (information amount 1),
+as in the baselines' generated sets; views 1..K-1 are a random crop of
+`crop_area` of the image, resized, then the copy-edit chain. Hard-negative
+training pairs (NDEC) can take some of the N identity slots: each pair member
+is its own identity and both members sit side by side in the same batch.
+"""
+
+import dataclasses
+
+import grain
+import numpy as np
+
+from asl_jax import copy_edits
+from asl_jax.data import decode_image
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewSpec:
+  num_views: int
+  image_size: int
+  crop_area: tuple[float, float]
+  edit_probabilities: tuple[tuple[str, float], ...]  # Hashable for pickling.
+
+
+def make_views(image: np.ndarray, rng: np.random.Generator,
+               spec: ViewSpec) -> tuple[np.ndarray, np.ndarray]:
+  """K views of one image and their information amounts."""
+  size = (spec.image_size, spec.image_size)
+  probabilities = dict(spec.edit_probabilities)
+  views = [copy_edits.resize(image, size)]
+  amounts = [1.0]
+  for _ in range(spec.num_views - 1):
+    cropped, amount = copy_edits.crop(image, rng, spec.crop_area)
+    edited = copy_edits.copy_edit_chain(copy_edits.resize(cropped, size), rng,
+                                        probabilities)
+    views.append(copy_edits.resize(edited.image, size))
+    amounts.append(amount * edited.information_amount)
+  return np.stack(views), np.asarray(amounts, np.float32)
+
+
+class AddLabel(grain.transforms.MapWithIndex):
+  """Identity label = record index in the split (+ offset)."""
+
+  def __init__(self, offset: int = 0):
+    self.offset = offset
+
+  def map_with_index(self, index, record):
+    return {**record, "label": np.int32(index + self.offset)}
+
+
+class TrainViews(grain.transforms.RandomMap):
+  """One training image -> its K views."""
+
+  def __init__(self, spec: ViewSpec):
+    self.spec = spec
+
+  def random_map(self, record, rng):
+    views, amounts = make_views(decode_image(record["image"], record), rng,
+                                self.spec)
+    return {"views": views, "information_amount": amounts,
+            "label": record["label"]}
+
+
+class PairViews(grain.transforms.RandomMap):
+  """One hard-negative pair -> two identities (labels 2i and 2i+1 + offset)."""
+
+  def __init__(self, spec: ViewSpec, offset: int):
+    self.spec, self.offset = spec, offset
+
+  def random_map(self, record, rng):
+    partner = record["partner"]
+    a = make_views(decode_image(record["image"], record), rng, self.spec)
+    b = make_views(decode_image(partner["image"], partner), rng, self.spec)
+    label = self.offset + 2 * record["label"]
+    return {"views": np.stack([a[0], b[0]]),
+            "information_amount": np.stack([a[1], b[1]]),
+            "label": np.array([label, label + 1], np.int32)}
+
+
+class MergePairs(grain.transforms.Map):
+  """(train batch [n, ...], pair batch [m, 2, ...]) -> one batch [n+2m, ...]."""
+
+  def map(self, element):
+    single, pairs = element
+    return {k: np.concatenate(
+        [single[k], pairs[k].reshape((-1,) + pairs[k].shape[2:])])
+            for k in single}
+
+
+def num_identities(train_size: int, pairs_size: int, use_pairs: bool) -> int:
+  """Classes of the per-identity classifier."""
+  return train_size + (2 * pairs_size if use_pairs else 0)
+
+
+def train_dataset(train_source, pairs_source, cfg, *, seed: int,
+                  process_index: int = 0, process_count: int = 1
+                  ) -> grain.IterDataset:
+  """The endless training pipeline of this process (its share of the batch).
+
+  Args:
+    train_source: random-access source of the `train` split.
+    pairs_source: source of `train_negative_pairs`, or None.
+    cfg: `config.data` (ids_per_batch, views_per_id, image_size, crop_area,
+      train_edits, pair_ids_per_batch, num_threads, num_workers).
+    seed: shuffling and augmentation seed.
+    process_index, process_count: this host's shard of the data.
+  """
+  if cfg.ids_per_batch % process_count:
+    raise ValueError(f"data.ids_per_batch={cfg.ids_per_batch} must divide "
+                     f"over {process_count} processes.")
+  local_ids = cfg.ids_per_batch // process_count
+  pair_slots = cfg.pair_ids_per_batch // process_count if pairs_source else 0
+  if pair_slots % 2 or pair_slots >= local_ids:
+    raise ValueError(
+        "data.pair_ids_per_batch must be even (two identities per pair), and "
+        f"leave room for training images; got {cfg.pair_ids_per_batch} of "
+        f"{cfg.ids_per_batch} identities over {process_count} processes.")
+  spec = ViewSpec(cfg.views_per_id, cfg.image_size, tuple(cfg.crop_area),
+                  tuple(sorted(cfg.train_edits.items())))
+  ds = grain.MapDataset.source(train_source).map_with_index(AddLabel())
+  ds = ds[process_index::process_count].shuffle(seed=seed).repeat(None)
+  ds = ds.random_map(TrainViews(spec), seed=seed)
+  ds = ds.batch(local_ids - pair_slots, drop_remainder=True)
+  if pair_slots:
+    pairs = grain.MapDataset.source(pairs_source).map_with_index(AddLabel())
+    pairs = pairs[process_index::process_count].shuffle(seed=seed + 1)
+    pairs = pairs.repeat(None).random_map(
+        PairViews(spec, offset=len(train_source)), seed=seed + 1)
+    pairs = pairs.batch(pair_slots // 2, drop_remainder=True)
+    n = min(len(ds), len(pairs))  # Both endless; zip needs equal lengths.
+    ds = grain.experimental.ZipMapDataset([ds[:n], pairs[:n]]).map(MergePairs())
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.num_threads,
+                                            prefetch_buffer_size=4))
+  if cfg.num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=cfg.num_workers, per_worker_buffer_size=2))
+  return it
+
+
+class EvalImage(grain.transforms.Map):
+  """Decode and resize to S x S (aspect not kept, as ASL's test.py does)."""
+
+  def __init__(self, image_size: int):
+    self.image_size = image_size
+
+  def map(self, record):
+    image = decode_image(record["image"], record)
+    return copy_edits.resize(image, (self.image_size, self.image_size))
+
+
+def eval_batches(source, image_size: int, batch_size: int, num_threads: int = 4,
+                 start: int = 0, stop: int | None = None):
+  """Yields uint8 image batches [<=B, S, S, 3] of records [start, stop)."""
+  ds = grain.MapDataset.source(source)[start:stop].map(EvalImage(image_size))
+  ds = ds.batch(batch_size, drop_remainder=False)
+  yield from ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                                  prefetch_buffer_size=4))

@@ -1,0 +1,244 @@
+"""ASL training: one jitted update over a data-parallel mesh, then evaluation.
+
+`train_and_evaluate(config, workdir)` is what `python -m asl_jax.main` runs
+and what the tests call. The loss reads like the paper: embed the N x K views
+-> base metric-learning losses -> ASL norm-ratio loss -> weighted total.
+"""
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from asl_jax import checkpointing, data, input_pipeline, losses, sharding
+from asl_jax.errors import UserError
+from asl_jax.models import resnet
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any        # {"model": ..., "classifier": ...}
+  batch_stats: Any
+  opt_state: Any
+
+
+def log(msg: str):
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+# ------------------------------------------------------------------ setup --
+def make_optimizer(cfg, total_steps: int):
+  """Adam(W) with linear warmup then cosine decay, from `config.optim`."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=cfg.learning_rate * cfg.warmup_init_factor,
+      peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
+      decay_steps=max(total_steps, cfg.warmup_steps + 1),
+      end_value=cfg.learning_rate * cfg.end_factor)
+  parts = []
+  if cfg.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+  if cfg.weight_decay:
+    # No decay on biases, BN parameters and the GeM exponent (1-D leaves).
+    mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2,
+                             weight_decay=cfg.weight_decay, mask=mask))
+  else:
+    parts.append(optax.adam(schedule, b1=cfg.b1, b2=cfg.b2))
+  return optax.chain(*parts), schedule
+
+
+def build_modules(config, num_classes: int):
+  model = resnet.build(config.model)
+  classifier = None
+  if config.loss.classification > 0:
+    classifier = resnet.Classifier(
+        num_classes, cosine_scale=config.loss.cosine_scale or None,
+        dtype=jnp.dtype(config.model.dtype))
+  return model, classifier
+
+
+def init_state(model, classifier, tx, config, rng, mesh) -> TrainState:
+  """Creates the state directly with its (replicated) sharding."""
+  size = config.data.image_size
+
+  def init(rng):
+    r_model, r_cls = jax.random.split(rng)
+    images = jnp.zeros((2, size, size, 3), jnp.float32)
+    variables = model.init(r_model, images, train=False)
+    params = {"model": variables["params"]}
+    if classifier is not None:
+      params["classifier"] = classifier.init(
+          r_cls, jnp.zeros((2, config.model.projector_dims[1])))["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables["batch_stats"],
+                      opt_state=tx.init(params))
+
+  shapes = jax.eval_shape(init, rng)
+  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
+  return jax.jit(init, out_shardings=shardings)(rng)
+
+
+# ------------------------------------------------------------------- loss --
+def loss_fn(params, batch_stats, batch, rng, *, model, classifier, cfg):
+  """Total loss and metrics of one N x K batch."""
+  n, k = batch["information_amount"].shape
+  images = batch["views"].reshape((n * k,) + batch["views"].shape[2:])
+  labels = jnp.repeat(batch["label"], k)
+  aux, updates = model.apply(
+      {"params": params["model"], "batch_stats": batch_stats},
+      resnet.images_to_input(images), train=True, mutable=["batch_stats"])
+  terms = {}
+  if cfg.classification > 0:
+    logits = classifier.apply({"params": params["classifier"]}, aux["projected"])
+    terms["classification"] = losses.label_smoothed_cross_entropy(
+        logits, labels, cfg.label_smoothing)
+  if cfg.triplet > 0:
+    terms["triplet"] = losses.soft_triplet_loss(aux[cfg.triplet_feature], labels)
+  if cfg.info_nce > 0:
+    terms["info_nce"] = losses.info_nce_loss(aux["descriptor"], labels,
+                                             cfg.temperature)
+  if cfg.koleo > 0:
+    terms["koleo"] = losses.koleo_loss(aux["descriptor"], labels)
+  if cfg.norm_ratio > 0:
+    terms["norm_ratio"] = losses.norm_ratio_loss(
+        aux["gate_feature"], batch["information_amount"],
+        rng if cfg.norm_ratio_pairing == "random" else None)
+  total = sum(getattr(cfg, name) * value for name, value in terms.items())
+  metrics = {f"loss/{name}": value for name, value in terms.items()}
+  metrics["loss/total"] = total
+  metrics["norm_ratio/more_over_less"] = losses.mean_norm_ratio(
+      aux["gate_feature"], batch["information_amount"])
+  return total, (metrics, updates["batch_stats"])
+
+
+def make_update_fn(model, classifier, tx, schedule, config, mesh, state):
+  """The jitted `update(state, batch, rng) -> (state, metrics)`."""
+  grad_fn = jax.value_and_grad(
+      functools.partial(loss_fn, model=model, classifier=classifier,
+                        cfg=config.loss), has_aux=True)
+
+  def update(state, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    (_, (metrics, batch_stats)), grads = grad_fn(
+        state.params, state.batch_stats, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["learning_rate"] = schedule(state.step)
+    return state.replace(step=state.step + 1, params=params,
+                         batch_stats=batch_stats, opt_state=opt_state), metrics
+
+  state_sharding = jax.tree.map(lambda x: x.sharding, state)
+  return jax.jit(update, in_shardings=(state_sharding, sharding.data_sharding(mesh),
+                                       sharding.replicated(mesh)),
+                 out_shardings=(state_sharding, sharding.replicated(mesh)),
+                 donate_argnums=0)
+
+
+# ------------------------------------------------------------------ train --
+def _check_config(config):
+  d, l = config.data, config.loss
+  if d.views_per_id < 2:
+    raise UserError(f"data.views_per_id={d.views_per_id}: ASL compares views "
+                    "of one image, so at least 2 are needed (4 in the paper).")
+  n_dev = jax.device_count()
+  if (d.ids_per_batch * d.views_per_id) % n_dev:
+    raise UserError(
+        f"The batch of data.ids_per_batch x data.views_per_id = "
+        f"{d.ids_per_batch} x {d.views_per_id} images does not split evenly "
+        f"over {n_dev} devices; choose ids_per_batch so it does.")
+  if l.norm_ratio_pairing not in ("random", "all"):
+    raise UserError("loss.norm_ratio_pairing must be 'random' (the official "
+                    f"sampling) or 'all'; got {l.norm_ratio_pairing!r}.")
+  if l.triplet > 0 and l.triplet_feature not in ("pooled", "descriptor", "projected"):
+    raise UserError("loss.triplet_feature must be pooled, descriptor or "
+                    f"projected; got {l.triplet_feature!r}.")
+
+
+def train(config, workdir: str, builder=None):
+  """Trains (or resumes) in `workdir`; returns (model, state, builder)."""
+  _check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  builder = builder or data.prepare(config.data, log=log)
+  mesh = sharding.make_mesh()
+  train_src = data.source(builder, "train")
+  use_pairs = config.data.pair_ids_per_batch > 0
+  pairs_src = data.source(builder, "train_negative_pairs") if use_pairs else None
+  num_classes = input_pipeline.num_identities(
+      len(train_src), len(pairs_src) if use_pairs else 0, use_pairs)
+  total = config.train.total_steps
+  model, classifier = build_modules(config, num_classes)
+  tx, schedule = make_optimizer(config.optim, total)
+  rng = jax.random.key(config.seed)
+  state = init_state(model, classifier, tx, config, rng, mesh)
+  dataset = input_pipeline.train_dataset(
+      train_src, pairs_src, config.data, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  it = iter(dataset)
+  ckpt = checkpointing.Checkpointer(workdir, config.train.checkpoint_every,
+                                    config.train.keep_checkpoints)
+  meta = {"fingerprint": checkpointing.fingerprint(config)}
+  start = ckpt.latest_step()
+  if start is not None:
+    ckpt.check_compatible(start, json.loads(json.dumps(meta["fingerprint"])))
+    state = ckpt.restore(start, checkpointing.abstract(state), it)
+    log(f"Resumed from the checkpoint of step {start} in {ckpt.directory}")
+  start = int(start or 0)
+  update = make_update_fn(model, classifier, tx, schedule, config, mesh, state)
+  step_rng = jax.random.fold_in(rng, 1)
+  images_per_step = config.data.ids_per_batch * config.data.views_per_id
+  log(f"Training {config.model.variant} on {jax.device_count()} "
+      f"{jax.devices()[0].platform} device(s), {num_classes} identities, "
+      f"steps {start}..{total}, {images_per_step} images per step")
+  last_good, t0, seen = start, time.time(), 0
+  for step in range(start + 1, total + 1):
+    batch = sharding.global_batch(next(it), mesh)
+    state, metrics = update(state, batch, step_rng)
+    seen += 1
+    if step % config.train.log_every == 0 or step == total:
+      metrics = jax.device_get(metrics)
+      if not np.isfinite(metrics["loss/total"]):
+        ckpt.close()
+        raise UserError(
+            f"The loss became {metrics['loss/total']} at step {step}; stopping. "
+            f"The last good checkpoint is step {last_good} in {ckpt.directory} "
+            "(lower optim.learning_rate or set optim.grad_clip_norm).")
+      rate = seen * images_per_step / (time.time() - t0)
+      eta = (total - step) * images_per_step / max(rate, 1e-9)
+      log(f"step {step}/{total} " + " ".join(
+          f"{k}={float(v):.4g}" for k, v in sorted(metrics.items()))
+          + f" images/s={rate:.1f} eta={eta:.0f}s")
+      _append_jsonl(os.path.join(workdir, "train_metrics.jsonl"),
+                    {"step": step, "images_per_second": rate,
+                     **{k: float(v) for k, v in metrics.items()}})
+      t0, seen = time.time(), 0
+    if step % config.train.checkpoint_every == 0 or step == total:
+      ckpt.save(step, state, it, meta, force=True)
+      last_good = step
+  ckpt.close()
+  if hasattr(it, "close"):
+    it.close()
+  return model, state, builder
+
+
+def _append_jsonl(path: str, record: dict):
+  if jax.process_index() == 0:
+    with open(path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains, then evaluates on the queries and references; returns metrics."""
+  from asl_jax.evaluation import icd
+  model, state, builder = train(config, workdir)
+  return icd.evaluate_model(model, state, builder, config, workdir, log=log)

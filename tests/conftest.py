@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny synthetic NDEC set and a tiny config."""
+
+import importlib.util
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(arg=None):
+  """configs/asl.py's get_config(arg), loaded by path as --config does."""
+  spec = importlib.util.spec_from_file_location(
+      "asl_config", os.path.join(ROOT, "configs", "asl.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+TINY_SIZES = dict(seed=0, image_size=48, num_train=48, num_train_negative_pairs=8,
+                  num_references=40, num_copy_queries=12,
+                  num_hard_negative_queries=12, num_distractor_queries=6,
+                  num_workers=1)
+
+
+def tiny_config(data_dir: str):
+  """The demo config shrunk so that a run takes seconds on a CPU."""
+  c = load_config()
+  c.data.data_dir = data_dir
+  c.data.synthetic.update(TINY_SIZES)
+  c.data.update(ids_per_batch=8, views_per_id=4, pair_ids_per_batch=2, image_size=32,
+                num_threads=1)
+  c.model.update(width=8, projector_dims=(32, 64), descriptor_dim=16)
+  c.train.update(total_steps=4, log_every=2, checkpoint_every=2)
+  c.eval.update(k=5, batch_size=32)
+  return c
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def tiny_builder(data_dir):
+  from asl_jax import data
+  return data.prepare(tiny_config(data_dir).data, log=lambda _: None)

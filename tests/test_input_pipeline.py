@@ -1,0 +1,69 @@
+"""The training pipeline yields N x K views with their information amounts."""
+
+import numpy as np
+import pytest
+
+from asl_jax import copy_edits, data, input_pipeline
+from conftest import tiny_config
+
+
+def test_batch_shapes_and_information_amounts(tiny_builder, data_dir):
+  cfg = tiny_config(data_dir).data
+  it = iter(input_pipeline.train_dataset(
+      data.source(tiny_builder, "train"), data.source(tiny_builder, "train_negative_pairs"),
+      cfg, seed=0))
+  batch = next(it)
+  assert batch["views"].shape == (8, 4, 32, 32, 3) and batch["views"].dtype == np.uint8
+  assert batch["information_amount"].shape == (8, 4)
+  assert batch["label"].shape == (8,)
+  amounts = batch["information_amount"]
+  np.testing.assert_array_equal(amounts[:, 0], 1.0)          # View 0 is whole.
+  assert np.all((amounts[:, 1:] >= 0.19) & (amounts[:, 1:] <= 1.0))
+  assert np.unique(amounts[:, 1:]).size > 10                   # Continuous crops.
+  labels = batch["label"]
+  assert np.all(labels[:6] < 48)                               # Training images.
+  # The last 2 identities are one pair, side by side: labels 48 + 2i, 49 + 2i.
+  assert labels[6] >= 48 and labels[7] == labels[6] + 1 and labels[6] % 2 == 0
+  assert len(set(labels.tolist())) == 8
+
+
+def test_same_seed_same_batch(tiny_builder, data_dir):
+  cfg = tiny_config(data_dir).data
+  srcs = data.source(tiny_builder, "train"), data.source(tiny_builder, "train_negative_pairs")
+  a = next(iter(input_pipeline.train_dataset(*srcs, cfg, seed=1)))
+  b = next(iter(input_pipeline.train_dataset(*srcs, cfg, seed=1)))
+  c = next(iter(input_pipeline.train_dataset(*srcs, cfg, seed=2)))
+  np.testing.assert_array_equal(a["views"], b["views"])
+  assert not np.array_equal(a["views"], c["views"])
+
+
+def test_process_shards_are_disjoint(tiny_builder, data_dir):
+  cfg = tiny_config(data_dir).data
+  cfg.pair_ids_per_batch = 0
+  src = data.source(tiny_builder, "train")
+  seen = []
+  for p in range(2):
+    it = iter(input_pipeline.train_dataset(src, None, cfg, seed=0, process_index=p,
+                                           process_count=2))
+    labels = np.concatenate([next(it)["label"] for _ in range(6)])
+    assert np.all(labels % 2 == p)
+    seen.append(set(labels.tolist()))
+  assert not seen[0] & seen[1]
+
+
+def test_make_views_view_zero_is_the_resized_original():
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+  spec = input_pipeline.ViewSpec(3, 24, (0.5, 0.5), (("hflip", 0.0),))
+  views, amounts = input_pipeline.make_views(image, rng, spec)
+  np.testing.assert_array_equal(views[0], copy_edits.resize(image, (24, 24)))
+  assert views.shape == (3, 24, 24, 3)
+  np.testing.assert_allclose(amounts[1:], 0.5, atol=0.03)  # Exact pixel areas.
+
+
+def test_bad_pair_slots_are_rejected(tiny_builder, data_dir):
+  cfg = tiny_config(data_dir).data
+  cfg.pair_ids_per_batch = 3
+  with pytest.raises(ValueError, match="even"):
+    input_pipeline.train_dataset(data.source(tiny_builder, "train"),
+                                 data.source(tiny_builder, "train_negative_pairs"), cfg, seed=0)
