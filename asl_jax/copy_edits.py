@@ -47,8 +47,11 @@ def random_color(rng: np.random.Generator) -> tuple[int, int, int]:
 
 
 # ----------------------------------------------------------------- geometry --
+_LOG_RATIO = (float(np.log(3 / 4)), float(np.log(4 / 3)))
+
+
 def crop(image: Array, rng: np.random.Generator, area=(0.2, 1.0),
-         log_ratio=(np.log(3 / 4), np.log(4 / 3))) -> tuple[Array, float]:
+         log_ratio=_LOG_RATIO) -> tuple[Array, float]:
   """A random crop covering `area` of the image, as RandomResizedCrop draws it.
 
   Returns the crop (not resized) and its exact pixel-area fraction.
@@ -203,7 +206,7 @@ def sticker(rng: np.random.Generator, size: int) -> Image.Image:
   else:  # Star.
     t = np.linspace(0, 2 * np.pi, 11)[:-1] - np.pi / 2
     rad = np.where(np.arange(10) % 2 == 0, s / 2, s / 5)
-    pts = [(s / 2 + r * np.cos(a), s / 2 + r * np.sin(a)) for r, a in zip(rad, t)]
+    pts = [(s / 2 + r * np.cos(a), s / 2 + r * np.sin(a)) for r, a in zip(rad, t, strict=False)]
     d.polygon(pts, fill=fill, outline=(0, 0, 0, 255))
   return im
 

@@ -37,13 +37,23 @@ def builder(cfg) -> tfds.core.DatasetBuilder:
     return tfds_ndec.Builder(config=config, data_dir=data_dir(cfg),
                              file_format="array_record",
                              num_workers=cfg.synthetic.num_workers)
+  if name.startswith("ndec/"):
+    config_name = name.split("/")[1]
+    known = [c.name for c in tfds_ndec.Builder.BUILDER_CONFIGS]
+    if config_name not in known:
+      raise UserError(
+          f"{name} is not prepared under {data_dir(cfg)}, and this version of "
+          f"the tfds_ndec builder has only the configs {known}: the configs "
+          "that read the real NDEC/DISC21 download (ndec/full, "
+          "ndec/disc21_dev) are not implemented yet (README, 'Preparing "
+          "NDEC'). Until then, train and evaluate on ndec/synthetic "
+          "(configs/asl.py with no variant).")
   try:
     return tfds.builder(name, data_dir=data_dir(cfg))
   except Exception as e:  # TFDS raises several kinds for unknown names.
     raise UserError(
         f"config.data.name={name!r} is not a dataset TFDS knows ({e}). Use "
-        "'ndec/synthetic' for the embedded set, or prepare NDEC as the README "
-        "says and use 'ndec/full'.") from None
+        "'ndec/synthetic' for the embedded set.") from None
 
 
 def prepare(cfg, log=print) -> tfds.core.DatasetBuilder:
@@ -55,11 +65,11 @@ def prepare(cfg, log=print) -> tfds.core.DatasetBuilder:
   if cfg.name != "ndec/synthetic":
     raise UserError(
         f"The dataset {cfg.name} is not prepared under {data_dir(cfg)} "
-        f"(looked for {b.data_dir}). Prepare it once with "
-        "`python -m tfds_ndec.prepare --dataset "
-        f"{cfg.name} --data_dir {data_dir(cfg)} --manual_dir DIR` after "
-        "downloading the images as tfds_ndec/README.md describes, or point "
-        "--config.data.data_dir (or $TFDS_DATA_DIR) at where it was prepared.")
+        f"(looked for {b.data_dir}). Prepare it once with TFDS "
+        "(tfds.builder(name, data_dir=...).download_and_prepare("
+        "file_format='array_record')) after downloading the files that "
+        "tfds_ndec/README.md lists, or point --config.data.data_dir (or "
+        "$TFDS_DATA_DIR) at where it was prepared.")
   log(f"Building {cfg.name} into {b.data_dir} (once; later runs reuse it)")
   b.download_and_prepare(file_format="array_record")
   log(f"Built {b.info.full_name}: " + ", ".join(

@@ -10,8 +10,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def make_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), ("data",))
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over `devices` (default: all devices of all processes)."""
+  return Mesh(np.asarray(devices or jax.devices()), ("data",))
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:

@@ -7,7 +7,6 @@ and what the tests call. The loss reads like the paper: embed the N x K views
 
 import functools
 import json
-import math
 import os
 import time
 from typing import Any
@@ -133,7 +132,7 @@ def make_update_fn(model, classifier, tx, schedule, config, mesh, state):
         state.params, state.batch_stats, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = schedule(state.step)
     return state.replace(step=state.step + 1, params=params,
                          batch_stats=batch_stats, opt_state=opt_state), metrics
@@ -201,33 +200,34 @@ def train(config, workdir: str, builder=None):
       f"{jax.devices()[0].platform} device(s), {num_classes} identities, "
       f"steps {start}..{total}, {images_per_step} images per step")
   last_good, t0, seen = start, time.time(), 0
-  for step in range(start + 1, total + 1):
-    batch = sharding.global_batch(next(it), mesh)
-    state, metrics = update(state, batch, step_rng)
-    seen += 1
-    if step % config.train.log_every == 0 or step == total:
-      metrics = jax.device_get(metrics)
-      if not np.isfinite(metrics["loss/total"]):
-        ckpt.close()
-        raise UserError(
-            f"The loss became {metrics['loss/total']} at step {step}; stopping. "
-            f"The last good checkpoint is step {last_good} in {ckpt.directory} "
-            "(lower optim.learning_rate or set optim.grad_clip_norm).")
-      rate = seen * images_per_step / (time.time() - t0)
-      eta = (total - step) * images_per_step / max(rate, 1e-9)
-      log(f"step {step}/{total} " + " ".join(
-          f"{k}={float(v):.4g}" for k, v in sorted(metrics.items()))
-          + f" images/s={rate:.1f} eta={eta:.0f}s")
-      _append_jsonl(os.path.join(workdir, "train_metrics.jsonl"),
-                    {"step": step, "images_per_second": rate,
-                     **{k: float(v) for k, v in metrics.items()}})
-      t0, seen = time.time(), 0
-    if step % config.train.checkpoint_every == 0 or step == total:
-      ckpt.save(step, state, it, meta, force=True)
-      last_good = step
-  ckpt.close()
-  if hasattr(it, "close"):
-    it.close()
+  try:
+    for step in range(start + 1, total + 1):
+      batch = sharding.global_batch(next(it), mesh)
+      state, metrics = update(state, batch, step_rng)
+      seen += 1
+      if step % config.train.log_every == 0 or step == total:
+        metrics = jax.device_get(metrics)
+        if not np.isfinite(metrics["loss/total"]):
+          raise UserError(
+              f"The loss became {metrics['loss/total']} at step {step}; stopping. "
+              f"The last good checkpoint is step {last_good} in {ckpt.directory} "
+              "(lower optim.learning_rate or set optim.grad_clip_norm).")
+        rate = seen * images_per_step / (time.time() - t0)
+        eta = (total - step) * images_per_step / max(rate, 1e-9)
+        log(f"step {step}/{total} " + " ".join(
+            f"{k}={float(v):.4g}" for k, v in sorted(metrics.items()))
+            + f" images/s={rate:.1f} eta={eta:.0f}s")
+        _append_jsonl(os.path.join(workdir, "train_metrics.jsonl"),
+                      {"step": step, "images_per_second": rate,
+                       **{k: float(v) for k, v in metrics.items()}})
+        t0, seen = time.time(), 0
+      if step % config.train.checkpoint_every == 0 or step == total:
+        ckpt.save(step, state, it, meta, force=True)
+        last_good = step
+  finally:  # Also on errors and interrupts: finish the checkpoints in flight.
+    ckpt.close()
+    if hasattr(it, "close"):
+      it.close()
   return model, state, builder
 
 

@@ -37,7 +37,7 @@ def test_query_kinds(tiny_builder):
                            if m["kind"] == "hard_negative")
   assert hn == {k: 3 for k in synthetic.HARD_NEGATIVE_KINDS}
   ref_ids = {f"R{i:06d}" for i in range(TINY_SIZES["num_references"])}
-  for q, m in meta.items():
+  for _q, m in meta.items():
     if m["kind"] == "copy":
       assert m["reference_id"] in ref_ids and len(m["edits"]) >= 2
       assert set(m["edits"]) <= set(synthetic.copy_edits.EDIT_NAMES)
@@ -113,3 +113,15 @@ def test_registered_with_tfds(tiny_builder):
   builder = tfds.builder("ndec/synthetic", data_dir="/nonexistent")
   assert isinstance(builder, tfds_ndec.Builder)
   assert builder.builder_config.num_train == 2000
+
+
+def test_sources_pickle_for_grain_workers(tiny_builder, data_dir):
+  """Grain's worker processes unpickle the data source (and its builder)."""
+  import pickle
+  for config in (tfds_ndec.synthetic_config(), tfds_ndec.synthetic_config(num_train=5)):
+    b = tfds_ndec.Builder(config=config, data_dir=data_dir)
+    clone = pickle.loads(pickle.dumps(b))
+    assert clone.builder_config.name == config.name
+  src = data.source(tiny_builder, "train")
+  clone = pickle.loads(pickle.dumps(src))
+  assert len(clone) == len(src) and clone[3]["id"] == src[3]["id"]

@@ -9,7 +9,7 @@ GT = {("Q1", "R1"), ("Q2", "R2"), ("Q3", "R3"), ("Q4", "R4")}
 
 
 def _split(preds):
-  q, r, s = zip(*preds)
+  q, r, s = zip(*preds, strict=False)
   return list(q), list(r), list(s)
 
 
@@ -73,10 +73,10 @@ def test_empty_ground_truth_is_an_error():
 
 def _reference_isc(q, r, s, gt):
   """Straightforward transcription of the official definitions."""
-  items = sorted(((si, (qi, ri) in gt) for qi, ri, si in zip(q, r, s)),
+  items = sorted(((si, (qi, ri) in gt) for qi, ri, si in zip(q, r, s, strict=False)),
                  key=lambda t: (t[0], not t[1]))[::-1]
   tp, ap, best = 0, 0.0, None
-  for k, (score, y) in enumerate(items, 1):
+  for k, (_score, y) in enumerate(items, 1):
     prev_recall = tp / len(gt)
     tp += y
     p, rec = tp / k, tp / len(gt)

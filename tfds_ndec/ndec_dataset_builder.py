@@ -98,9 +98,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [_DEFAULT_SYNTHETIC]
   DEFAULT_CONFIG_NAME = "synthetic"
 
-  def __init__(self, *, num_workers: int = 0, **kwargs):
-    """num_workers: processes that render synthetic images (0 = one per core)."""
-    super().__init__(**kwargs)
+  def __init__(self, *, num_workers: int = 1, config=None, **kwargs):
+    """num_workers: processes that render synthetic images (0 = one per core).
+
+    More than one uses spawned processes, which re-import the main module:
+    call it from a module run with `python -m` or from a script guarded by
+    `if __name__ == "__main__":`, as Python's multiprocessing requires.
+    """
+    if isinstance(config, NdecConfig):
+      # An equal copy of a registered config (e.g. after unpickling in a
+      # Grain worker) must be the registered object itself for TFDS.
+      registered = {c.name: c for c in self.BUILDER_CONFIGS}.get(config.name)
+      if registered is not None and registered.sizes() == config.sizes():
+        config = registered
+    super().__init__(config=config, **kwargs)
     self.num_workers = num_workers
 
   def _info(self) -> tfds.core.DatasetInfo:

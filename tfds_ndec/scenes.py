@@ -72,15 +72,19 @@ class Scene:
   lighting: Lighting
 
 
-def _hsv_palette(rng: np.random.Generator, n: int) -> np.ndarray:
-  base = rng.uniform(0, 1)
-  hues = (base + rng.normal(0, 0.25, n)) % 1.0
-  sat = rng.uniform(0.35, 1.0, n)
-  val = rng.uniform(0.35, 1.0, n)
-  rgb = np.stack([np.asarray(Image.fromarray(
-      np.uint8([[[h * 255, s * 255, v * 255]]]), "HSV").convert("RGB"))[0, 0]
-                  for h, s, v in zip(hues, sat, val)]).astype(np.float32)
-  return rgb
+# A shared bank of colours: every scene draws its palette from it, so colour
+# statistics alone cannot tell scenes apart (as with natural images) and a
+# model must see structure.
+PALETTE_BANK = np.array([
+    [220, 60, 50], [240, 170, 40], [235, 225, 90], [70, 170, 80],
+    [50, 150, 200], [60, 80, 170], [150, 80, 170], [230, 230, 225],
+    [40, 40, 45], [140, 100, 70]], np.float32)
+
+
+def _palette(rng: np.random.Generator, n: int) -> np.ndarray:
+  """n distinct bank colours, slightly perturbed."""
+  idx = rng.choice(len(PALETTE_BANK), size=n, replace=False)
+  return np.clip(PALETTE_BANK[idx] + rng.normal(0, 8, (n, 3)), 0, 255)
 
 
 def _shape(rng, palette, scale_range, lo=-0.25, hi=1.25,
@@ -131,7 +135,7 @@ def _details(rng, palette):
 
 def sample_scene(rng: np.random.Generator) -> Scene:
   """Draws a new scene."""
-  palette = _hsv_palette(rng, int(rng.integers(4, 7)))
+  palette = _palette(rng, int(rng.integers(4, 7)))
   big = [_shape(rng, palette, (0.18, 0.45)) for _ in range(rng.integers(3, 6))]
   small, glyphs, texture = _details(rng, palette)
   waves = np.stack([rng.uniform(0.5, 4, 3), rng.uniform(0, np.pi, 3),

@@ -87,7 +87,7 @@ def categorize(pairs, query_ids, reference_ids, meta, gt) -> list[str]:
   """What each candidate pair is: true_copy, hard_negative:<kind>,
   distractor (the query has no copy and resembles nothing) or wrong_reference."""
   out = []
-  for qi, ri in zip(pairs.query_index, pairs.reference_index):
+  for qi, ri in zip(pairs.query_index, pairs.reference_index, strict=False):
     q, r = query_ids[qi], reference_ids[ri]
     m = meta.get(q, {})
     if (q, r) in gt:
@@ -104,7 +104,7 @@ def categorize(pairs, query_ids, reference_ids, meta, gt) -> list[str]:
 def gate_report(categories, keep) -> dict:
   """Counts of each category before and after the gate."""
   before = collections.Counter(categories)
-  after = collections.Counter(c for c, k in zip(categories, keep) if k)
+  after = collections.Counter(c for c, k in zip(categories, keep, strict=False) if k)
   counts = {c: {"before": before[c], "after": after[c]} for c in sorted(before)}
   hn_before = sum(v for c, v in before.items() if c.startswith("hard_negative"))
   hn_after = sum(v for c, v in after.items() if c.startswith("hard_negative"))
@@ -161,6 +161,10 @@ def evaluate_model(model, state, builder, config, workdir, log=print) -> dict:
       "gate": gate_report(cats, keep),
   }
   if jax.process_index() == 0:
+    np.savez(os.path.join(workdir, "embeddings.npz"), query_ids=np.array(query_ids),
+             reference_ids=np.array(reference_ids), query_descriptors=q_desc,
+             reference_descriptors=ref_desc, query_gate_norms=q_norm,
+             reference_gate_norms=ref_norm)
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
       json.dump(report, f, indent=2)
   log(format_table(report))

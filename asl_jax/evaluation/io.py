@@ -21,5 +21,5 @@ def write_predictions(path: str, query_ids, reference_ids, scores):
   with open(path, "w", newline="") as f:
     w = csv.writer(f, lineterminator="\n")
     w.writerow(["query_id", "reference_id", "score"])
-    for q, r, s in zip(query_ids, reference_ids, scores):
+    for q, r, s in zip(query_ids, reference_ids, scores, strict=False):
       w.writerow([q, r, repr(float(s))])

@@ -27,7 +27,7 @@ def ground_truth_pairs(rows: Iterable[tuple[str, str]]) -> GroundTruth:
 
 def check_duplicates(query_ids: Sequence[str], reference_ids: Sequence[str]):
   """Raises ValueError naming the first duplicated (query, reference) pairs."""
-  counts = collections.Counter(zip(query_ids, reference_ids))
+  counts = collections.Counter(zip(query_ids, reference_ids, strict=False))
   dup = [pair for pair, c in counts.items() if c > 1]
   if dup:
     raise ValueError(f"{len(dup)} duplicate (query, reference) predictions, "
@@ -36,7 +36,7 @@ def check_duplicates(query_ids: Sequence[str], reference_ids: Sequence[str]):
 
 def _sorted_labels(query_ids, reference_ids, scores, gt: GroundTruth):
   scores = np.asarray(scores, np.float64)
-  y = np.fromiter(((q, r) in gt for q, r in zip(query_ids, reference_ids)),
+  y = np.fromiter(((q, r) in gt for q, r in zip(query_ids, reference_ids, strict=False)),
                   bool, len(scores))
   # Primary key: score descending; secondary: negatives (False) first.
   order = np.lexsort((y, -scores))
@@ -82,7 +82,7 @@ def recall_at_ranks(query_ids, reference_ids, scores, gt: GroundTruth,
   """Fraction of ground-truth pairs found within the top `k` of their query
   (ties pessimistic), for each k."""
   by_query = collections.defaultdict(list)
-  for q, r, s in zip(query_ids, reference_ids, np.asarray(scores, np.float64)):
+  for q, r, s in zip(query_ids, reference_ids, np.asarray(scores, np.float64), strict=False):
     by_query[q].append((r, s))
   found_rank = []
   for q, r in gt:

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The checks run on a lent GPU machine (see README, "Measured results").
+# Expects the carried wheels installed and PYTHONPATH set (README, GPU).
+set -u
+export PYTHONUNBUFFERED=1 TFDS_DATA_DIR=${TFDS_DATA_DIR:-/tmp/tfds}
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+nvidia-smi -L
+if [ -z "${SKIP_THROUGHPUT:-}" ]; then
+echo "== 1. paper recipe throughput (R50, 256px, bf16, 100k-way head, norm-ratio loss)"
+python benchmarks/train_throughput.py --config configs/asl.py:ndec --batch_ids 32,64 --steps 20 \
+  2>&1 | grep -v "^W\|^I" | tee "$out/throughput.txt"
+fi
+echo "== 2. default demo on GPU"
+/usr/bin/time -v python -m asl_jax.main --config configs/asl.py --workdir /tmp/runs/demo \
+  --config.data.synthetic.num_workers=16 --config.data.num_workers=8 2>&1 \
+  | grep -v "examples/s\|Shuffling\|splits/s\|^W1\|^I1" | grep -v "^\s" | tee "$out/demo_gpu.txt"
+grep -h "Elapsed (wall" "$out/demo_gpu.txt" || true
+cp /tmp/runs/demo/metrics.json "$out/demo_metrics.json" 2>/dev/null
+echo "== 3. scaled demo: r18, 96px, 3000 steps"
+/usr/bin/time -v python -m asl_jax.main --config configs/asl.py --workdir /tmp/runs/scaled \
+  --config.data.synthetic.num_workers=16 --config.data.num_workers=14 \
+  --config.model.variant=r18 --config.model.width=64 --config.data.image_size=96 \
+  --config.model.dtype=bfloat16 --config.train.total_steps=3000 --config.train.log_every=250 \
+  --config.train.checkpoint_every=1000 --config.optim.learning_rate=1e-3 2>&1 \
+  | grep -v "examples/s\|Shuffling\|splits/s\|^W1\|^I1" | tee "$out/scaled_gpu.txt"
+cp /tmp/runs/scaled/metrics.json "$out/scaled_metrics.json" 2>/dev/null

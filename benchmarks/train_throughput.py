@@ -1,0 +1,68 @@
+"""Training throughput of a config's update step on device-resident data.
+
+  python benchmarks/train_throughput.py --config configs/asl.py:ndec \
+      --batch_ids 32,64 --steps 30 --num_classes 100000
+
+Prints images/second per global batch (ids x views), after compilation. The
+input pipeline is left out (data already on the device), as in the PyTorch
+numbers the issue compares with.
+"""
+
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from asl_jax import sharding, train
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/asl.py:ndec", "Config.")
+_IDS = flags.DEFINE_list("batch_ids", ["32", "64"], "Identities per batch to time.")
+_STEPS = flags.DEFINE_integer("steps", 30, "Timed steps per batch size.")
+_CLASSES = flags.DEFINE_integer("num_classes", 100_000, "Classifier width.")
+
+
+def time_batch(config, ids: int, steps: int, num_classes: int) -> float:
+  config.data.ids_per_batch = ids
+  k, size = config.data.views_per_id, config.data.image_size
+  mesh = sharding.make_mesh()
+  model, classifier = train.build_modules(config, num_classes)
+  tx, schedule = train.make_optimizer(config.optim, 1000)
+  state = train.init_state(model, classifier, tx, config, jax.random.key(0), mesh)
+  update = train.make_update_fn(model, classifier, tx, schedule, config, mesh, state)
+  rs = np.random.default_rng(0)
+  batch = sharding.global_batch({
+      "views": rs.integers(0, 256, (ids, k, size, size, 3), dtype=np.uint8),
+      "information_amount": rs.uniform(0.2, 1, (ids, k)).astype(np.float32),
+      "label": rs.integers(0, num_classes, ids).astype(np.int32)}, mesh)
+  rng = jax.random.key(1)
+  for _ in range(3):  # Compile and warm up.
+    state, metrics = update(state, batch, rng)
+  jax.block_until_ready(metrics)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = update(state, batch, rng)
+  jax.block_until_ready(metrics)
+  dt = time.perf_counter() - t0
+  assert np.isfinite(float(metrics["loss/total"]))
+  return ids * k * steps / dt
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  "
+        f"model: {config.model.variant} {config.data.image_size}px "
+        f"{config.model.dtype}  classes: {_CLASSES.value}  "
+        f"losses: " + ", ".join(f"{n}={config.loss[n]}" for n in
+                                ("classification", "triplet", "info_nce", "norm_ratio")
+                                if config.loss[n]))
+  print(f"{'batch (ids x views)':>22s} {'images/s':>10s}")
+  for ids in map(int, _IDS.value):
+    rate = time_batch(config, ids, _STEPS.value, _CLASSES.value)
+    print(f"{ids:>14d} x {config.data.views_per_id:<5d} {rate:10.0f}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

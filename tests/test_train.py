@@ -1,0 +1,190 @@
+"""Training: sharded steps, resuming, and the end-to-end run of main."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from asl_jax import checkpointing, data, input_pipeline, train
+from asl_jax.errors import UserError
+from conftest import ROOT, tiny_config
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "train_metrics.jsonl")) as f:
+    return {r["step"]: r["loss/total"] for r in map(json.loads, f)}
+
+
+def test_one_step_on_8_fake_devices_equals_1_device(tiny_builder, data_dir):
+  """Same loss and gradients on 1 device and on 8 (BatchNorm sees the
+  global batch in both)."""
+  script = textwrap.dedent(f"""
+      import jax, numpy as np, sys
+      sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
+      from conftest import tiny_config
+      from asl_jax import data, input_pipeline, sharding, train
+      assert jax.device_count() == 8
+      c = tiny_config({data_dir!r})
+      b = data.prepare(c.data, log=lambda _: None)
+      batch = next(iter(input_pipeline.train_dataset(
+          data.source(b, "train"), data.source(b, "train_negative_pairs"), c.data, seed=0)))
+      out = {{}}
+      for n in (1, 8):
+        mesh = sharding.make_mesh(jax.devices()[:n])
+        model, cls = train.build_modules(c, 64)
+        tx, sched = train.make_optimizer(c.optim, 4)
+        state = train.init_state(model, cls, tx, c, jax.random.key(0), mesh)
+        update = train.make_update_fn(model, cls, tx, sched, c, mesh, state)
+        g = sharding.global_batch(batch, mesh)
+        assert len(g["views"].sharding.device_set) == n
+        state, m = update(state, g, jax.random.key(1))
+        out[n] = (float(m["loss/total"]), float(m["grad_norm"]),
+                  np.asarray(jax.tree.leaves(state.params)[0]))
+      np.testing.assert_allclose(out[1][0], out[8][0], rtol=2e-5)
+      np.testing.assert_allclose(out[1][1], out[8][1], rtol=2e-4)
+      np.testing.assert_allclose(out[1][2], out[8][2], rtol=1e-4, atol=1e-6)
+      print("OK", out[1][0], out[8][0])
+  """)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "OK" in r.stdout
+
+
+def test_killed_run_resumes_with_same_next_batch(tiny_builder, data_dir, tmp_path,
+                                                 monkeypatch):
+  c = tiny_config(data_dir)
+  c.train.update(total_steps=4, log_every=1, checkpoint_every=2)
+  full = str(tmp_path / "full")
+  train.train(c, full, builder=tiny_builder)
+  want = _losses(full)
+
+  # Kill the second run while it fetches the batch of step 4.
+  killed = str(tmp_path / "killed")
+  calls = {"n": 0}
+  real = train.sharding.global_batch
+
+  def dying(batch, mesh):
+    calls["n"] += 1
+    if calls["n"] == 4:
+      raise KeyboardInterrupt("simulated kill")
+    return real(batch, mesh)
+
+  monkeypatch.setattr(train.sharding, "global_batch", dying)
+  with pytest.raises(KeyboardInterrupt):
+    train.train(c, killed, builder=tiny_builder)
+  monkeypatch.setattr(train.sharding, "global_batch", real)
+  assert checkpointing.Checkpointer(killed, 2, 3).latest_step() == 2
+  _, state, _ = train.train(c, killed, builder=tiny_builder)
+  assert int(state.step) == 4
+  got = _losses(killed)
+  for step in (1, 2, 3, 4):
+    assert got[step] == pytest.approx(want[step], rel=1e-6), step
+
+
+def test_pipeline_position_restores_through_checkpoint(tiny_builder, data_dir, tmp_path):
+  c = tiny_config(data_dir)
+  srcs = data.source(tiny_builder, "train"), data.source(tiny_builder, "train_negative_pairs")
+  it = iter(input_pipeline.train_dataset(*srcs, c.data, seed=0))
+  for _ in range(3):
+    next(it)
+  ckpt = checkpointing.Checkpointer(str(tmp_path), 1, 2)
+  ckpt.save(3, {"x": np.zeros(2)}, it, {"fingerprint": {}}, force=True)
+  ckpt.wait()
+  want = next(it)
+  it2 = iter(input_pipeline.train_dataset(*srcs, c.data, seed=0))
+  ckpt.restore(3, {"x": np.zeros(2)}, it2)
+  np.testing.assert_array_equal(next(it2)["views"], want["views"])
+  ckpt.close()
+
+
+def test_incompatible_checkpoint_is_refused_and_kept(tiny_builder, data_dir, tmp_path):
+  c = tiny_config(data_dir)
+  c.train.total_steps = 2
+  workdir = str(tmp_path)
+  train.train(c, workdir, builder=tiny_builder)
+  c.model.width = 4
+  with pytest.raises(UserError, match="model.width: 8 in the checkpoint, 4 now"):
+    train.train(c, workdir, builder=tiny_builder)
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "2"))
+
+
+def test_nan_loss_stops_with_step_and_checkpoint(tiny_builder, data_dir, tmp_path):
+  c = tiny_config(data_dir)
+  c.optim.learning_rate = 1e30
+  c.train.update(total_steps=6, log_every=1, checkpoint_every=1)
+  with pytest.raises(UserError, match=r"at step \d+; stopping. The last good checkpoint is step"):
+    train.train(c, str(tmp_path), builder=tiny_builder)
+
+
+def test_corrupt_image_names_the_file(tiny_builder, data_dir):
+  c = tiny_config(data_dir)
+  c.data.pair_ids_per_batch = 0
+  good = data.source(tiny_builder, "train")
+  records = [good[i] for i in range(8)]
+  records[5] = {**records[5], "image": b"not a jpeg", "filename": b"train_3/T000005.jpg"}
+  it = iter(input_pipeline.train_dataset(records, None, c.data, seed=0))
+  with pytest.raises(Exception, match="T000005.jpg"):
+    for _ in range(2):
+      next(it)
+
+
+def _run_main(args, env_extra=None, timeout=600):
+  env = dict(os.environ, **(env_extra or {}))
+  return subprocess.run([sys.executable, "-m", "asl_jax.main", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _tiny_flags(data_dir):
+  c = tiny_config(data_dir)
+  flags = []
+  for section in ("data", "model", "train", "eval"):
+    for key, value in c[section].items():
+      if key in ("synthetic", "train_edits", "crop_area"):
+        continue
+      text = ",".join(map(str, value)) if isinstance(value, tuple) else value
+      flags.append(f"--config.{section}.{key}={text}")
+  for key, value in c.data.synthetic.items():
+    flags.append(f"--config.data.synthetic.{key}={value}")
+  return flags
+
+
+def test_main_end_to_end_writes_metrics(tiny_builder, data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  r = _run_main(["--config", "configs/asl.py", f"--workdir={workdir}", *_tiny_flags(data_dir)])
+  assert r.returncode == 0, r.stderr[-3000:]
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    m = json.load(f)
+  for name in ("without_gate", "with_gate"):
+    assert 0.0 <= m[name]["micro_ap"] <= 1.0
+    assert m[name]["num_ground_truth"] == 12
+  assert m["without_gate"]["num_predictions"] == 30 * 5
+  counts = m["gate"]["counts"]
+  assert sum(v["before"] for k, v in counts.items() if k != "hard_negative") == 150
+  assert "μAP" in r.stdout and "ASL gate" in r.stdout
+  with open(os.path.join(workdir, "predictions.csv")) as f:
+    lines = f.read().splitlines()
+  assert lines[0] == "query_id,reference_id,score"
+  assert len(lines) - 1 == m["with_gate"]["num_predictions"]
+
+
+def test_unknown_config_field_is_named():
+  r = _run_main(["--config", "configs/asl.py", "--config.train.totl_steps=3"], timeout=120)
+  assert r.returncode == 2
+  assert "unknown config field --config.train.totl_steps" in r.stderr
+  assert "Did you mean total_steps" in r.stderr
+  assert "Traceback" not in r.stderr
+
+
+def test_unprepared_real_data_says_how_to_prepare(tmp_path):
+  r = _run_main(["--config", "configs/asl.py:ndec", f"--workdir={tmp_path}",
+                 f"--config.data.data_dir={tmp_path}"], timeout=300)
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert "ndec/full" in r.stderr and "Traceback" not in r.stderr
+  assert "README" in r.stderr
