@@ -85,6 +85,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval = e = ml_collections.ConfigDict()
   e.k = 10                        # Nearest references per query.
   e.batch_size = 256
+  e.score_norm = sn = ml_collections.ConfigDict()  # Against the training set.
+  sn.method = "none"              # none | sscd (β·mean s_n..s_n_end) | isc (factor·s_n).
+  sn.n = 1                        # First background neighbour used (1-based).
+  sn.n_end = 3                    # Last one (sscd).
+  sn.factor = 1.0                 # β (sscd) or factor (isc, 2.0 there).
 
   if arg in ("ndec", "ndec_baseline"):
     _paper_recipe(c, asl=arg == "ndec")

@@ -139,6 +139,13 @@ def evaluate_model(model, state, builder, config, workdir, log=print) -> dict:
   reference_ids = [data.text(refs_src[i]["id"]) for i in range(len(refs_src))]
   gt = metrics_lib.ground_truth_pairs((q, m["reference_id"]) for q, m in meta.items())
   pairs = search.knn(q_desc, ref_desc, config.eval.k)
+  sn = config.eval.score_norm
+  if sn.method != "none":
+    train_desc, _ = embed_split(embed_fn, state, data.source(builder, "train"), size,
+                                bs, mesh, "train (score normalisation)", log)
+    bias = search.score_normalization_bias(q_desc, train_desc, sn.method, sn.n,
+                                           sn.n_end, sn.factor)
+    pairs.score = pairs.score - bias[pairs.query_index]
   keep = search.asl_gate(pairs, q_norm, ref_norm)
   results = {}
   for name, sel in (("without_gate", pairs), ("with_gate", pairs.select(keep))):
@@ -152,6 +159,7 @@ def evaluate_model(model, state, builder, config, workdir, log=print) -> dict:
   report = {
       "settings": {"dataset": builder.info.full_name, "k": int(config.eval.k),
                    "search": "faiss IndexFlatIP on L2-normalised descriptors",
+                   "score_norm": json.loads(config.eval.score_norm.to_json()),
                    "gate": "drop when |g(query)| > |g(reference)|",
                    "gate_feature": config.model.gate_feature,
                    "num_queries": len(query_ids),

@@ -1,13 +1,102 @@
-"""ISC2021 file formats: ground truth and prediction CSVs.
+"""ISC2021 file formats: ground truth and prediction CSVs, descriptor HDF5.
 
 * Ground truth: `query_id,reference_id`, one row per query, an empty
-  reference for queries that copy nothing.
+  reference for queries that copy nothing. A header line is optional.
 * Predictions: `query_id,reference_id,score`, higher score = more likely a
-  copy; ids without extension.
+  copy; ids without extension. A header line is optional.
+* Descriptors, working layout (ISC `write_hdf5_descriptors`): datasets
+  `vectors` float32 [n, d] and `image_names` (bytes); path prefixes and image
+  extensions are stripped on reading.
+* Descriptors, track-2 submission layout: `query`, `reference` float32 and
+  `query_ids`, `reference_ids` (bytes, sorted by id).
+
+Readers accept a UTF-8 BOM, CRLF line ends and trailing blank lines, and raise
+`FormatError` naming the file and line of the first bad rows.
 """
 
 import csv
+import dataclasses
+import os
 from typing import Sequence
+
+import numpy as np
+
+from asl_jax.errors import UserError
+
+
+class FormatError(UserError):
+  """A malformed input file; the message names the file and line."""
+
+
+def _rows(path: str):
+  """(line number, fields) of the non-blank lines of a CSV file."""
+  if not os.path.exists(path):
+    raise FormatError(f"{path}: no such file.")
+  with open(path, newline="", encoding="utf-8-sig") as f:
+    for lineno, fields in enumerate(csv.reader(f), 1):
+      if any(x.strip() for x in fields):
+        yield lineno, [x.strip() for x in fields]
+
+
+def read_ground_truth(path: str) -> list[tuple[str, str]]:
+  """(query id, reference id or '') rows of an ISC ground-truth CSV."""
+  out, seen, bad = [], {}, []
+  for lineno, fields in _rows(path):
+    if fields[:2] == ["query_id", "reference_id"]:
+      continue
+    if len(fields) not in (1, 2) or not fields[0]:
+      bad.append(f"line {lineno}: {','.join(fields)!r}")
+      continue
+    q, r = fields[0], fields[1] if len(fields) == 2 else ""
+    if q in seen:
+      bad.append(f"line {lineno}: query {q} already on line {seen[q]}")
+      continue
+    seen[q] = lineno
+    out.append((q, r))
+  if bad:
+    raise FormatError(f"{path}: expected rows 'query_id,reference_id' (empty "
+                      "reference for non-copies), one per query; "
+                      f"{len(bad)} bad row(s): " + "; ".join(bad[:5]))
+  return out
+
+
+@dataclasses.dataclass
+class Predictions:
+  query_ids: list[str]
+  reference_ids: list[str]
+  scores: np.ndarray
+
+
+def read_predictions(path: str) -> Predictions:
+  """Rows of an ISC predictions CSV; duplicates and bad rows are errors."""
+  q, r, s, bad, seen = [], [], [], [], {}
+  for lineno, fields in _rows(path):
+    if fields[:3] == ["query_id", "reference_id", "score"]:
+      continue
+    if len(fields) != 3 or not fields[0] or not fields[1]:
+      bad.append(f"line {lineno}: expected 3 columns query_id,reference_id,"
+                 f"score, got {','.join(fields)!r}")
+      continue
+    try:
+      score = float(fields[2])
+    except ValueError:
+      bad.append(f"line {lineno}: score {fields[2]!r} is not a number")
+      continue
+    if not np.isfinite(score):
+      bad.append(f"line {lineno}: score {fields[2]!r} is not finite")
+      continue
+    key = (fields[0], fields[1])
+    if key in seen:
+      bad.append(f"line {lineno}: duplicate pair {key[0]},{key[1]} (first on "
+                 f"line {seen[key]})")
+      continue
+    seen[key] = lineno
+    q.append(fields[0])
+    r.append(fields[1])
+    s.append(score)
+  if bad:
+    raise FormatError(f"{path}: {len(bad)} bad row(s): " + "; ".join(bad[:5]))
+  return Predictions(q, r, np.asarray(s, np.float64))
 
 
 def write_ground_truth(path: str, rows: Sequence[tuple[str, str]]):
@@ -21,5 +110,73 @@ def write_predictions(path: str, query_ids, reference_ids, scores):
   with open(path, "w", newline="") as f:
     w = csv.writer(f, lineterminator="\n")
     w.writerow(["query_id", "reference_id", "score"])
-    for q, r, s in zip(query_ids, reference_ids, scores, strict=False):
+    for q, r, s in zip(query_ids, reference_ids, scores):
       w.writerow([q, r, repr(float(s))])
+
+
+# ---------------------------------------------------------------- HDF5 --
+def _clean_id(name) -> str:
+  name = name.decode() if isinstance(name, bytes) else str(name)
+  name = os.path.basename(name)
+  root, ext = os.path.splitext(name)
+  return root if ext.lower() in (".jpg", ".jpeg", ".png") else name
+
+
+def write_descriptors(path: str, ids: Sequence[str], vectors: np.ndarray):
+  """ISC working layout: `vectors` and `image_names`."""
+  import h5py
+  with h5py.File(path, "w") as f:
+    f.create_dataset("vectors", data=np.asarray(vectors, np.float32))
+    f.create_dataset("image_names", data=np.array([i.encode() for i in ids]))
+
+
+def read_descriptors(paths: str | Sequence[str]) -> tuple[list[str], np.ndarray]:
+  """ISC working layout, one file or several shards concatenated."""
+  import h5py
+  paths = [paths] if isinstance(paths, str) else list(paths)
+  ids, vecs = [], []
+  for p in paths:
+    with h5py.File(p, "r") as f:
+      if "vectors" not in f or "image_names" not in f:
+        raise FormatError(f"{p}: expected datasets 'vectors' and 'image_names' "
+                          f"(ISC working layout); found {sorted(f.keys())}.")
+      vecs.append(np.asarray(f["vectors"], np.float32))
+      ids += [_clean_id(n) for n in f["image_names"][:]]
+      if len(ids) != sum(len(v) for v in vecs):
+        raise FormatError(f"{p}: 'vectors' and 'image_names' differ in length.")
+  return ids, np.concatenate(vecs)
+
+
+def write_submission(path: str, query_ids, query, reference_ids, reference):
+  """Track-2 submission layout, ids sorted as the official evaluation expects."""
+  import h5py
+  qo, ro = np.argsort(query_ids), np.argsort(reference_ids)
+  with h5py.File(path, "w") as f:
+    f.create_dataset("query", data=np.asarray(query, np.float32)[qo])
+    f.create_dataset("reference", data=np.asarray(reference, np.float32)[ro])
+    f.create_dataset("query_ids", data=np.array([query_ids[i].encode() for i in qo]))
+    f.create_dataset("reference_ids",
+                     data=np.array([reference_ids[i].encode() for i in ro]))
+
+
+def read_submission(path: str):
+  """(query ids, query vectors, reference ids, reference vectors)."""
+  import h5py
+  with h5py.File(path, "r") as f:
+    need = {"query", "reference", "query_ids", "reference_ids"}
+    if not need <= set(f.keys()):
+      raise FormatError(f"{path}: expected datasets {sorted(need)} (track-2 "
+                        f"submission layout); found {sorted(f.keys())}.")
+    q, r = np.asarray(f["query"], np.float32), np.asarray(f["reference"], np.float32)
+    qi = [_clean_id(x) for x in f["query_ids"][:]]
+    ri = [_clean_id(x) for x in f["reference_ids"][:]]
+  if q.shape[1] != r.shape[1]:
+    raise FormatError(f"{path}: query descriptors have {q.shape[1]} dimensions "
+                      f"but references {r.shape[1]}; they must match.")
+  return qi, q, ri, r
+
+
+def is_submission_file(path: str) -> bool:
+  import h5py
+  with h5py.File(path, "r") as f:
+    return "query" in f and "reference" in f

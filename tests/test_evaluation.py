@@ -1,0 +1,241 @@
+"""Evaluation files, search backends, score normalisation, gates and the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from asl_jax.evaluation import io, search
+from conftest import ROOT
+
+
+# ------------------------------------------------------------------ files --
+def test_ground_truth_accepts_bom_crlf_no_header_and_blank_lines(tmp_path):
+  p = tmp_path / "gt.csv"
+  p.write_bytes("\ufeffquery_id,reference_id\r\nQ1,R1\r\nQ2,\r\n\r\n\r\n".encode())
+  assert io.read_ground_truth(str(p)) == [("Q1", "R1"), ("Q2", "")]
+  p.write_text("Q1,R1\nQ2\n")
+  assert io.read_ground_truth(str(p)) == [("Q1", "R1"), ("Q2", "")]
+
+
+def test_ground_truth_errors_name_the_line(tmp_path):
+  p = tmp_path / "gt.csv"
+  p.write_text("query_id,reference_id\nQ1,R1\nQ1,R2\nQ3,R3,extra\n")
+  with pytest.raises(io.FormatError) as e:
+    io.read_ground_truth(str(p))
+  assert "line 3: query Q1 already on line 2" in str(e.value)
+  assert "line 4" in str(e.value) and str(p) in str(e.value)
+
+
+@pytest.mark.parametrize("body,message", [
+    ("Q1,R1\n", "line 1: expected 3 columns"),
+    ("query_id,reference_id,score\nQ1,R1,0.5\nQ2,R2,high\n",
+     "line 3: score 'high' is not a number"),
+    ("Q1,R1,0.5\nQ1,R1,0.4\n", "line 2: duplicate pair Q1,R1 (first on line 1)"),
+    ("Q1,R1,nan\n", "line 1: score 'nan' is not finite"),
+])
+def test_malformed_predictions(tmp_path, body, message):
+  p = tmp_path / "p.csv"
+  p.write_text(body)
+  with pytest.raises(io.FormatError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    io.read_predictions(str(p))
+
+
+def test_predictions_round_trip(tmp_path):
+  p = str(tmp_path / "p.csv")
+  io.write_predictions(p, ["Q1", "Q2"], ["R7", "R8"], [0.123456789, -2.0])
+  got = io.read_predictions(p)
+  assert got.query_ids == ["Q1", "Q2"] and got.reference_ids == ["R7", "R8"]
+  np.testing.assert_array_equal(got.scores, [0.123456789, -2.0])  # Full precision.
+
+
+def test_descriptor_files_round_trip(tmp_path):
+  rs = np.random.default_rng(0)
+  v = rs.normal(size=(5, 8)).astype(np.float32)
+  io.write_descriptors(str(tmp_path / "a.h5"), ["dir/R000001.jpg", "R000002", "R3.png",
+                                                 "R4", "R5"], v)
+  io.write_descriptors(str(tmp_path / "b.h5"), ["R6"], v[:1])
+  ids, got = io.read_descriptors([str(tmp_path / "a.h5"), str(tmp_path / "b.h5")])
+  assert ids == ["R000001", "R000002", "R3", "R4", "R5", "R6"]
+  np.testing.assert_array_equal(got[:5], v)
+  sub = str(tmp_path / "sub.h5")
+  io.write_submission(sub, ["Q2", "Q1"], v[:2], ["R9", "R1", "R5"], v[2:5])
+  qi, q, ri, r = io.read_submission(sub)
+  assert qi == ["Q1", "Q2"] and ri == ["R1", "R5", "R9"]      # Sorted by id.
+  np.testing.assert_array_equal(q, v[[1, 0]])
+  np.testing.assert_array_equal(r, v[[3, 4, 2]])
+  assert io.is_submission_file(sub) and not io.is_submission_file(str(tmp_path / "a.h5"))
+  with pytest.raises(io.FormatError, match="track-2 submission layout"):
+    io.read_submission(str(tmp_path / "a.h5"))
+
+
+# ----------------------------------------------------------------- search --
+def _data(nq=60, nr=500, d=24, seed=0):
+  rs = np.random.default_rng(seed)
+  return (search.l2_normalize(rs.normal(size=(nq, d))),
+          search.l2_normalize(rs.normal(size=(nr, d))))
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_jax_search_equals_faiss(metric):
+  q, r = _data()
+  a = search.search(q, r, k=7, metric=metric)
+  b = search.search(q, r, k=7, metric=metric, backend="jax")
+  brute = q.astype(np.float64) @ r.T.astype(np.float64)
+  if metric == "l2":
+    brute = -((q[:, None].astype(np.float64) - r[None]) ** 2).sum(-1)
+  np.testing.assert_allclose(np.sort(brute, 1)[:, ::-1][:, :7].reshape(-1), a.score, atol=1e-5)
+  np.testing.assert_allclose(a.score, b.score, atol=1e-5)
+  # Same neighbours, up to references whose exact scores tie within 1e-5.
+  differ = a.reference_index != b.reference_index
+  assert differ.mean() < 0.05
+  qi = a.query_index[differ]
+  np.testing.assert_allclose(brute[qi, a.reference_index[differ]],
+                             brute[qi, b.reference_index[differ]], atol=1e-5)
+
+
+def test_jax_search_blocks_and_padding():
+  from asl_jax.evaluation import jax_search
+  q, r = _data(nq=10, nr=103)
+  index = jax_search.ReferenceIndex(r, "ip", ref_block=16)  # 7 blocks, padded.
+  s, i = index.search(q, 5, query_block=4)
+  want = np.argsort(-(q @ r.T), 1, kind="stable")[:, :5]
+  np.testing.assert_array_equal(i, want)
+  assert i.max() < 103
+
+
+def test_jax_search_sharded_over_8_devices_equals_faiss():
+  script = textwrap.dedent("""
+      import jax, numpy as np
+      from asl_jax.evaluation import jax_search, search
+      assert jax.device_count() == 8
+      rs = np.random.default_rng(1)
+      q = search.l2_normalize(rs.normal(size=(33, 16)))
+      r = search.l2_normalize(rs.normal(size=(1001, 16)))
+      index = jax_search.ReferenceIndex(r, "ip", ref_block=32)
+      assert len(index.refs.sharding.device_set) == 8
+      s, i = index.search(q, 10, query_block=16)
+      f = search.search(q, r, k=10)
+      np.testing.assert_array_equal(i.reshape(-1), f.reference_index)
+      print("OK")
+  """)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
+
+
+def test_global_budget_is_the_best_pairs_overall():
+  q, r = _data(nq=20, nr=200)
+  # Make query 0 match many references strongly, so it takes > 10 slots.
+  r[:40] = search.l2_normalize(q[0] + 0.05 * np.random.default_rng(3).normal(size=(40, 24)))
+  got = search.search(q, r, global_budget=60)
+  s = q @ r.T
+  want = np.sort(s.reshape(-1))[::-1][:60]
+  np.testing.assert_allclose(np.sort(got.score)[::-1], want, atol=1e-6)
+  assert np.bincount(got.query_index).max() > 16  # More than one K round.
+
+
+def test_ivf_pq_with_exact_reranking_finds_exact_neighbours():
+  rs = np.random.default_rng(0)
+  centres = rs.normal(size=(64, 32))
+  r = search.l2_normalize(centres[rs.integers(64, size=4000)] + 0.1 * rs.normal(size=(4000, 32)))
+  q = search.l2_normalize(r[:50] + 0.02 * rs.normal(size=(50, 32)))
+  exact = search.search(q, r, k=5)
+  approx = search.search(q, r, k=5, index="IVF64,PQ8x4fs", nprobe=16, rerank=20)
+  hits = np.mean(exact.reference_index.reshape(50, 5)[:, 0] ==
+                 approx.reference_index.reshape(50, 5)[:, 0])
+  assert hits >= 0.95
+  np.testing.assert_allclose(approx.score.reshape(50, 5)[:, 0],
+                             exact.score.reshape(50, 5)[:, 0], atol=1e-5)
+
+
+def test_pca_whitening_learned_on_training_descriptors():
+  rs = np.random.default_rng(0)
+  train = rs.normal(size=(500, 16)) * np.linspace(5, 0.1, 16)
+  whiten = search.pca_whitening(train, 4)
+  out = whiten(train)
+  assert out.shape == (500, 4)
+  np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+  with pytest.raises(ValueError, match="at least 32"):
+    search.pca_whitening(train, 32)
+
+
+def test_score_normalization_hand_computed():
+  q = np.array([[1.0, 0.0]], np.float32)
+  background = np.array([[1, 0], [0.6, 0.8], [0, 1], [-1, 0]], np.float32)
+  # Similarities to the background, sorted: 1.0, 0.6, 0.0, -1.0.
+  sscd = search.score_normalization_bias(q, background, "sscd", 1, 3, 1.0)
+  np.testing.assert_allclose(sscd, [(1.0 + 0.6 + 0.0) / 3], rtol=1e-6)
+  isc = search.score_normalization_bias(q, background, "isc", 2, 2, 2.0)
+  np.testing.assert_allclose(isc, [1.2], rtol=1e-6)
+  with pytest.raises(ValueError, match="n_end"):
+    search.score_normalization_bias(q, background, "sscd", 1, 9, 1.0)
+
+
+def test_gates_hand_computed():
+  c = search.Candidates(np.array([0, 0, 1]), np.array([0, 1, 1]), np.array([0.9, 0.8, 0.5],
+                                                                            np.float32))
+  qn, rn = np.array([2.0, 1.0]), np.array([3.0, 1.0])
+  np.testing.assert_array_equal(search.asl_gate(c, qn, rn), [True, False, True])
+  soft = search.soft_gate_scores(c, qn, rn, temperature=0.5)
+  want = 0.9 / (1 + np.exp(-np.log(3 / 2) / 0.5))
+  np.testing.assert_allclose(soft[0], want, rtol=1e-6)
+  np.testing.assert_allclose(soft[2], 0.25, rtol=1e-6)  # Equal norms halve.
+
+
+# -------------------------------------------------------------------- CLI --
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "asl_jax.evaluate", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_cli_predictions(tmp_path):
+  gt = tmp_path / "gt.csv"
+  gt.write_text("query_id,reference_id\nQ1,R1\nQ2,R2\nQ3,R3\nQ4,R4\nQ5,\n")
+  p = tmp_path / "p.csv"
+  p.write_text("Q1,R1,.95\nQ2,R2,.9\nQ3,R3,.8\nQ5,R7,.7\nQ4,R4,.6\n")
+  r = _cli("--predictions", str(p), "--ground_truth", str(gt))
+  assert r.returncode == 0, r.stderr
+  out = json.loads(r.stdout)
+  assert out["micro_ap"] == pytest.approx(0.95)
+  assert out["recall_at_p90"] == pytest.approx(0.75)
+  assert out["num_predictions"] == 5 and out["num_ground_truth"] == 4
+  assert out["num_queries_in_ground_truth"] == 5
+
+
+def test_cli_malformed_file_exits_nonzero_naming_the_line(tmp_path):
+  gt = tmp_path / "gt.csv"
+  gt.write_text("Q1,R1\n")
+  p = tmp_path / "p.csv"
+  p.write_text("query_id,reference_id,score\nQ1,R1,0.4\nQ1,R1,0.3\n")
+  r = _cli("--predictions", str(p), "--ground_truth", str(gt))
+  assert r.returncode == 2
+  assert "line 3: duplicate pair Q1,R1" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_descriptors_both_layouts(tmp_path):
+  rs = np.random.default_rng(0)
+  refs = search.l2_normalize(rs.normal(size=(40, 8)))
+  queries = search.l2_normalize(refs[:5] + 0.01 * rs.normal(size=(5, 8)))
+  qids = [f"Q{i}" for i in range(5)]
+  rids = [f"R{i}" for i in range(40)]
+  gt = tmp_path / "gt.csv"
+  io.write_ground_truth(str(gt), [(q, f"R{i}") for i, q in enumerate(qids)])
+  sub = str(tmp_path / "sub.h5")
+  io.write_submission(sub, qids, queries, rids, refs)
+  r = _cli("--descriptors", sub, "--ground_truth", str(gt), "--metric", "l2",
+           "--global_budget", "auto")
+  assert r.returncode == 0, r.stderr
+  out = json.loads(r.stdout)
+  assert out["micro_ap"] == pytest.approx(1.0) and out["num_predictions"] == 50
+  io.write_descriptors(str(tmp_path / "q.h5"), qids, queries)
+  io.write_descriptors(str(tmp_path / "r.h5"), rids, refs)
+  r = _cli("--query_descriptors", str(tmp_path / "q.h5"), "--reference_descriptors",
+           str(tmp_path / "r.h5"), "--ground_truth", str(gt), "--k", "3")
+  assert json.loads(r.stdout)["num_predictions"] == 15
