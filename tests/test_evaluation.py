@@ -101,11 +101,13 @@ def test_jax_search_equals_faiss(metric):
 def test_jax_search_blocks_and_padding():
   from asl_jax.evaluation import jax_search
   q, r = _data(nq=10, nr=103)
-  index = jax_search.ReferenceIndex(r, "ip", ref_block=16)  # 7 blocks, padded.
-  s, i = index.search(q, 5, query_block=4)
   want = np.argsort(-(q @ r.T), 1, kind="stable")[:, :5]
-  np.testing.assert_array_equal(i, want)
-  assert i.max() < 103
+  for ref_block, chunk in ((16, 0), (64, 16)):  # One-stage, and two-stage top-k.
+    index = jax_search.ReferenceIndex(r, "ip", ref_block=ref_block, chunk=chunk)
+    s, i = index.search(q, 5, query_block=4)
+    np.testing.assert_array_equal(i, want)
+    np.testing.assert_allclose(s, np.take_along_axis(q @ r.T, want, 1), atol=1e-6)
+    assert i.max() < 103
 
 
 def test_jax_search_sharded_over_8_devices_equals_faiss():
