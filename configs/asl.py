@@ -85,6 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval = e = ml_collections.ConfigDict()
   e.k = 10                        # Nearest references per query.
   e.batch_size = 256
+  e.soft_gate_temperature = 0.1   # Soft gate (an extension): score x sigmoid(log ratio / T).
   e.score_norm = sn = ml_collections.ConfigDict()  # Against the training set.
   sn.method = "none"              # none | sscd (β·mean s_n..s_n_end) | isc (factor·s_n).
   sn.n = 1                        # First background neighbour used (1-based).

@@ -241,3 +241,23 @@ def test_cli_descriptors_both_layouts(tmp_path):
   r = _cli("--query_descriptors", str(tmp_path / "q.h5"), "--reference_descriptors",
            str(tmp_path / "r.h5"), "--ground_truth", str(gt), "--k", "3")
   assert json.loads(r.stdout)["num_predictions"] == 15
+
+
+def test_per_kind_breakdown_hand_case():
+  from asl_jax.evaluation import report
+  meta = {"Q0": {"kind": "copy", "reference_id": "R0", "edits": ["crop", "blur"],
+                 "hard_negative_kind": "", "resembles_id": ""},
+          "Q1": {"kind": "hard_negative", "reference_id": "", "edits": [],
+                 "hard_negative_kind": "reverse_crop", "resembles_id": "R1"},
+          "Q2": {"kind": "distractor", "reference_id": "", "edits": [],
+                 "hard_negative_kind": "", "resembles_id": ""}}
+  pairs = search.Candidates(np.array([0, 0, 1, 2, 2]), np.array([1, 0, 1, 0, 1]),
+                            np.array([0.9, 0.8, 0.7, 0.5, 0.4], np.float32))
+  keep = np.array([True, True, False, True, False])
+  out = report.per_kind_breakdown(meta, ["Q0", "Q1", "Q2"], ["R0", "R1"], pairs, keep,
+                                  {("Q0", "R0")})
+  assert out["copies_by_edit"]["crop"] == {"queries": 1, "found": 1, "rank_1": 0,
+                                           "removed_by_gate": 0}
+  assert out["hard_negatives_by_kind"]["reverse_crop"] == {
+      "queries": 1, "predicted": 1, "removed_by_gate": 1}
+  assert out["distractors"] == {"queries": 1, "predictions": 2, "removed_by_gate": 1}

@@ -146,7 +146,7 @@ def _tiny_flags(data_dir):
   flags = []
   for section in ("data", "model", "train", "eval"):
     for key, value in c[section].items():
-      if key in ("synthetic", "train_edits", "crop_area"):
+      if key == "crop_area" or hasattr(value, "keys"):  # Nested sections stay default.
         continue
       text = ",".join(map(str, value)) if isinstance(value, tuple) else value
       flags.append(f"--config.{section}.{key}={text}")
@@ -168,6 +168,17 @@ def test_main_end_to_end_writes_metrics(tiny_builder, data_dir, tmp_path):
   counts = m["gate"]["counts"]
   assert sum(v["before"] for k, v in counts.items() if k != "hard_negative") == 150
   assert "μAP" in r.stdout and "ASL gate" in r.stdout
+  assert set(m["breakdown"]) == {"copies_by_edit", "hard_negatives_by_kind", "distractors"}
+  assert m["breakdown"]["distractors"]["queries"] == 6
+  assert 0.0 <= m["soft_gate"]["micro_ap"] <= 1.0
+  from PIL import Image
+  for png in ("precision_recall.png", "gallery.png"):
+    with Image.open(os.path.join(workdir, png)) as im:
+      assert im.width > 100 and im.height > 30
+  from asl_jax.evaluation import io
+  ids, vecs = io.read_descriptors(os.path.join(workdir, "queries.h5"))
+  assert len(ids) == 30 and vecs.shape == (30, 16)
+  np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
   with open(os.path.join(workdir, "predictions.csv")) as f:
     lines = f.read().splitlines()
   assert lines[0] == "query_id,reference_id,score"

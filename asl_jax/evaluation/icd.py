@@ -21,6 +21,7 @@ import numpy as np
 from asl_jax import copy_edits, data, sharding
 from asl_jax.evaluation import io as eval_io
 from asl_jax.evaluation import metrics as metrics_lib
+from asl_jax.evaluation import report as report_lib
 from asl_jax.evaluation import search
 from asl_jax.models import resnet
 
@@ -147,51 +148,111 @@ def evaluate_model(model, state, builder, config, workdir, log=print) -> dict:
                                            sn.n_end, sn.factor)
     pairs.score = pairs.score - bias[pairs.query_index]
   keep = search.asl_gate(pairs, q_norm, ref_norm)
-  results = {}
-  for name, sel in (("without_gate", pairs), ("with_gate", pairs.select(keep))):
+  soft = search.soft_gate_scores(pairs, q_norm, ref_norm, config.eval.soft_gate_temperature)
+  variants = {"without_gate": (pairs, pairs.score), "with_gate": (pairs.select(keep),
+                                                                  pairs.score[keep]),
+              "soft_gate": (pairs, soft)}
+  results, curves = {}, {}
+  for name, (sel, scores) in variants.items():
     q = [query_ids[i] for i in sel.query_index]
     r = [reference_ids[i] for i in sel.reference_index]
-    results[name] = metrics_lib.evaluate(q, r, sel.score, gt)
-    if jax.process_index() == 0:
+    results[name] = metrics_lib.evaluate(q, r, scores, gt)
+    curves[name.replace("_", " ")] = (q, r, scores, gt)
+    if jax.process_index() == 0 and name != "soft_gate":
       fname = "predictions.csv" if name == "with_gate" else "predictions_without_gate.csv"
-      eval_io.write_predictions(os.path.join(workdir, fname), q, r, sel.score)
+      eval_io.write_predictions(os.path.join(workdir, fname), q, r, scores)
   cats = categorize(pairs, query_ids, reference_ids, meta, gt)
   report = {
       "settings": {"dataset": builder.info.full_name, "k": int(config.eval.k),
                    "search": "faiss IndexFlatIP on L2-normalised descriptors",
                    "score_norm": json.loads(config.eval.score_norm.to_json()),
                    "gate": "drop when |g(query)| > |g(reference)|",
+                   "soft_gate": "extension: score * sigmoid(log(|g_r|/|g_q|) / T), "
+                                f"T={config.eval.soft_gate_temperature}",
                    "gate_feature": config.model.gate_feature,
                    "num_queries": len(query_ids),
                    "num_references": len(reference_ids),
                    "image_size": size, "steps": int(state.step)},
       **results,
       "gate": gate_report(cats, keep),
+      "breakdown": report_lib.per_kind_breakdown(meta, query_ids, reference_ids, pairs,
+                                                 keep, gt),
   }
   if jax.process_index() == 0:
-    np.savez(os.path.join(workdir, "embeddings.npz"), query_ids=np.array(query_ids),
-             reference_ids=np.array(reference_ids), query_descriptors=q_desc,
-             reference_descriptors=ref_desc, query_gate_norms=q_norm,
-             reference_gate_norms=ref_norm)
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-      json.dump(report, f, indent=2)
+    _write_outputs(workdir, report, curves, query_ids, reference_ids, q_desc, q_norm,
+                   ref_desc, ref_norm, pairs, keep, q_norm, ref_norm, gt, meta,
+                   queries_src, refs_src)
   log(format_table(report))
   return report
+
+
+def _write_outputs(workdir, report, curves, query_ids, reference_ids, q_desc, q_norm,
+                   ref_desc, ref_norm, pairs, keep, qn, rn, gt, meta, queries_src,
+                   refs_src):
+  """metrics.json, descriptors (ISC working layout + gate norms), PR plot and
+  the gallery of mistakes."""
+  with open(os.path.join(workdir, "metrics.json"), "w") as f:
+    json.dump(report, f, indent=2)
+  eval_io.write_descriptors(os.path.join(workdir, "queries.h5"), query_ids, q_desc,
+                            gate_norms=q_norm)
+  eval_io.write_descriptors(os.path.join(workdir, "references.h5"), reference_ids,
+                            ref_desc, gate_norms=ref_norm)
+  report_lib.precision_recall_png(
+      os.path.join(workdir, "precision_recall.png"),
+      {k: v for k, v in curves.items() if k != "soft gate"})
+  report_lib.gallery_png(os.path.join(workdir, "gallery.png"), _gallery_rows(
+      pairs, keep, qn, rn, gt, meta, query_ids, reference_ids, queries_src, refs_src))
+
+
+def _thumb(source, index):
+  record = source[int(index)]
+  return data.decode_image(record["image"], record)
+
+
+def _gallery_rows(pairs, keep, qn, rn, gt, meta, query_ids, reference_ids, queries_src,
+                  refs_src, n=6):
+  """The top false positives kept by the gate, then missed copies."""
+  rows = []
+  order = np.argsort(-pairs.score, kind="stable")
+  fps = [j for j in order if keep[j] and
+         (query_ids[pairs.query_index[j]], reference_ids[pairs.reference_index[j]]) not in gt]
+  for j in fps[:n]:
+    qi, ri = pairs.query_index[j], pairs.reference_index[j]
+    m = meta.get(query_ids[qi], {})
+    kind = m.get("hard_negative_kind") or m.get("kind", "")
+    rows.append({"title": f"false positive: {query_ids[qi]} -> {reference_ids[ri]}",
+                 "caption": f"score {pairs.score[j]:.3f}, query kind: {kind}\n"
+                            f"norm ratio |g_q|/|g_r| = {qn[qi] / rn[ri]:.3f}",
+                 "query": _thumb(queries_src, qi), "reference": _thumb(refs_src, ri)})
+  kept = {(query_ids[pairs.query_index[j]], reference_ids[pairs.reference_index[j]])
+          for j in np.flatnonzero(keep)}
+  ref_pos = {r: i for i, r in enumerate(reference_ids)}
+  q_pos = {q: i for i, q in enumerate(query_ids)}
+  for q, r in sorted(gt - kept)[:n]:
+    qi, ri = q_pos[q], ref_pos[r]
+    retrieved = any(query_ids[a] == q and reference_ids[b] == r
+                    for a, b in zip(pairs.query_index, pairs.reference_index))
+    why = "removed by the gate" if retrieved else "not retrieved"
+    rows.append({"title": f"missed copy: {q} -> {r} ({why})",
+                 "caption": f"edits: {', '.join(meta.get(q, {}).get('edits', []))}\n"
+                            f"norm ratio |g_q|/|g_r| = {qn[qi] / rn[ri]:.3f}",
+                 "query": _thumb(queries_src, qi), "reference": _thumb(refs_src, ri)})
+  return rows
 
 
 def format_table(report: dict) -> str:
   """The short results table printed at the end of a run."""
   def f(x):
     return "  n/a " if x is None else f"{x:6.3f}"
-  a, b = report["without_gate"], report["with_gate"]
+  a, b, c = report["without_gate"], report["with_gate"], report["soft_gate"]
   g = report["gate"]
+  row = lambda name, key: f"{name:24s}" + "".join(f"{f(x[key]):>10s}" for x in (a, b, c))
   lines = [
       "",
-      f"{'':24s}{'no gate':>10s}{'ASL gate':>10s}",
-      f"{'μAP':24s}{f(a['micro_ap']):>10s}{f(b['micro_ap']):>10s}",
-      f"{'Recall@P90':24s}{f(a['recall_at_p90']):>10s}{f(b['recall_at_p90']):>10s}",
-      f"{'Recall@1':24s}{f(a['recall_at_rank_1']):>10s}{f(b['recall_at_rank_1']):>10s}",
-      "predicted pairs:",
+      f"{'':24s}{'no gate':>10s}{'ASL gate':>10s}{'soft gate':>10s}",
+      row("μAP", "micro_ap"), row("Recall@P90", "recall_at_p90"),
+      row("Recall@1", "recall_at_rank_1"),
+      f"{'predicted pairs:':24s}{'before':>10s}{'after':>10s}",
   ]
   for cat, c in g["counts"].items():
     lines.append(f"  {cat:22s}{c['before']:>10d}{c['after']:>10d}")

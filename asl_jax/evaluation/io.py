@@ -122,12 +122,15 @@ def _clean_id(name) -> str:
   return root if ext.lower() in (".jpg", ".jpeg", ".png") else name
 
 
-def write_descriptors(path: str, ids: Sequence[str], vectors: np.ndarray):
-  """ISC working layout: `vectors` and `image_names`."""
+def write_descriptors(path: str, ids: Sequence[str], vectors: np.ndarray, **extra):
+  """ISC working layout: `vectors` and `image_names` (plus `extra` datasets,
+  e.g. `gate_norms`, which ISC readers ignore)."""
   import h5py
   with h5py.File(path, "w") as f:
     f.create_dataset("vectors", data=np.asarray(vectors, np.float32))
     f.create_dataset("image_names", data=np.array([i.encode() for i in ids]))
+    for name, value in extra.items():
+      f.create_dataset(name, data=np.asarray(value))
 
 
 def read_descriptors(paths: str | Sequence[str]) -> tuple[list[str], np.ndarray]:
