@@ -102,12 +102,6 @@ def decode_image(data: bytes, record: dict) -> np.ndarray:
         "again; the prepared data and checkpoints are left untouched.") from None
 
 
-def ground_truth(b: tfds.core.DatasetBuilder) -> list[tuple[str, str]]:
-  """(query id, reference id or '') for every query, in id order."""
-  src = source(b, "queries")
-  return [(text(r["id"]), text(r["reference_id"])) for r in _records(src)]
-
-
 def query_metadata(b: tfds.core.DatasetBuilder) -> dict[str, dict]:
   """Per-query kind information: kind, hard_negative_kind, resembles_id,
   reference_id, edits."""
