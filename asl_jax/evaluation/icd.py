@@ -180,15 +180,13 @@ def evaluate_model(model, state, builder, config, workdir, log=print) -> dict:
   }
   if jax.process_index() == 0:
     _write_outputs(workdir, report, curves, query_ids, reference_ids, q_desc, q_norm,
-                   ref_desc, ref_norm, pairs, keep, q_norm, ref_norm, gt, meta,
-                   queries_src, refs_src)
+                   ref_desc, ref_norm, pairs, keep, gt, meta, queries_src, refs_src)
   log(format_table(report))
   return report
 
 
 def _write_outputs(workdir, report, curves, query_ids, reference_ids, q_desc, q_norm,
-                   ref_desc, ref_norm, pairs, keep, qn, rn, gt, meta, queries_src,
-                   refs_src):
+                   ref_desc, ref_norm, pairs, keep, gt, meta, queries_src, refs_src):
   """metrics.json, descriptors (ISC working layout + gate norms), PR plot and
   the gallery of mistakes."""
   with open(os.path.join(workdir, "metrics.json"), "w") as f:
@@ -201,7 +199,8 @@ def _write_outputs(workdir, report, curves, query_ids, reference_ids, q_desc, q_
       os.path.join(workdir, "precision_recall.png"),
       {k: v for k, v in curves.items() if k != "soft gate"})
   report_lib.gallery_png(os.path.join(workdir, "gallery.png"), _gallery_rows(
-      pairs, keep, qn, rn, gt, meta, query_ids, reference_ids, queries_src, refs_src))
+      pairs, keep, q_norm, ref_norm, gt, meta, query_ids, reference_ids, queries_src,
+      refs_src))
 
 
 def _thumb(source, index):
