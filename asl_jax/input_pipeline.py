@@ -143,23 +143,3 @@ def train_dataset(train_source, pairs_source, cfg, *, seed: int,
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=cfg.num_workers, per_worker_buffer_size=2))
   return it
-
-
-class EvalImage(grain.transforms.Map):
-  """Decode and resize to S x S (aspect not kept, as ASL's test.py does)."""
-
-  def __init__(self, image_size: int):
-    self.image_size = image_size
-
-  def map(self, record):
-    image = decode_image(record["image"], record)
-    return copy_edits.resize(image, (self.image_size, self.image_size))
-
-
-def eval_batches(source, image_size: int, batch_size: int, num_threads: int = 4,
-                 start: int = 0, stop: int | None = None):
-  """Yields uint8 image batches [<=B, S, S, 3] of records [start, stop)."""
-  ds = grain.MapDataset.source(source)[start:stop].map(EvalImage(image_size))
-  ds = ds.batch(batch_size, drop_remainder=False)
-  yield from ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                  prefetch_buffer_size=4))

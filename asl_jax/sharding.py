@@ -30,11 +30,3 @@ def global_batch(local_batch, mesh: Mesh):
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
       local_batch)
-
-
-def to_host(x) -> np.ndarray:
-  """A (possibly multi-host sharded) array -> the full numpy array."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(x)

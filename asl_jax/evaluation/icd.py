@@ -139,7 +139,7 @@ def evaluate_model(model, state, builder, config, workdir, log=print) -> dict:
   query_ids = list(meta)
   reference_ids = [data.text(refs_src[i]["id"]) for i in range(len(refs_src))]
   gt = metrics_lib.ground_truth_pairs((q, m["reference_id"]) for q, m in meta.items())
-  pairs = search.knn(q_desc, ref_desc, config.eval.k)
+  pairs = search.search(q_desc, ref_desc, k=config.eval.k)
   sn = config.eval.score_norm
   if sn.method != "none":
     train_desc, _ = embed_split(embed_fn, state, data.source(builder, "train"), size,
@@ -223,15 +223,15 @@ def _gallery_rows(pairs, keep, qn, rn, gt, meta, query_ids, reference_ids, queri
                  "caption": f"score {pairs.score[j]:.3f}, query kind: {kind}\n"
                             f"norm ratio |g_q|/|g_r| = {qn[qi] / rn[ri]:.3f}",
                  "query": _thumb(queries_src, qi), "reference": _thumb(refs_src, ri)})
-  kept = {(query_ids[pairs.query_index[j]], reference_ids[pairs.reference_index[j]])
-          for j in np.flatnonzero(keep)}
+  predicted = [(query_ids[a], reference_ids[b])
+               for a, b in zip(pairs.query_index, pairs.reference_index)]
+  retrieved = set(predicted)
+  kept = {predicted[j] for j in np.flatnonzero(keep)}
   ref_pos = {r: i for i, r in enumerate(reference_ids)}
   q_pos = {q: i for i, q in enumerate(query_ids)}
   for q, r in sorted(gt - kept)[:n]:
     qi, ri = q_pos[q], ref_pos[r]
-    retrieved = any(query_ids[a] == q and reference_ids[b] == r
-                    for a, b in zip(pairs.query_index, pairs.reference_index))
-    why = "removed by the gate" if retrieved else "not retrieved"
+    why = "removed by the gate" if (q, r) in retrieved else "not retrieved"
     rows.append({"title": f"missed copy: {q} -> {r} ({why})",
                  "caption": f"edits: {', '.join(meta.get(q, {}).get('edits', []))}\n"
                             f"norm ratio |g_q|/|g_r| = {qn[qi] / rn[ri]:.3f}",

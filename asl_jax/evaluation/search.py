@@ -119,12 +119,6 @@ def search(queries: np.ndarray, references: np.ndarray, *, k: int = 10,
     kk = min(kk * 4, len(references))
 
 
-def knn(queries: np.ndarray, references: np.ndarray, k: int,
-        metric: str = "ip") -> Candidates:
-  """Exact k nearest references of each query with faiss."""
-  return search(queries, references, k=k, metric=metric)
-
-
 def pca_whitening(train: np.ndarray, dim: int):
   """A faiss PCA-whitening (eigen power -0.5) to `dim` dimensions, learned on
   training descriptors only (never on references); returns x -> L2-normalised
