@@ -1,12 +1,15 @@
 """Finding, building and opening the `ndec` TFDS dataset (array_record, no TF).
 
 `config.data.name` is a TFDS name such as `ndec/synthetic` or `ndec/full`.
-The embedded `ndec/synthetic` set is built on first use; real data must be
-prepared beforehand (README, "Preparing NDEC").
+The embedded `ndec/synthetic` set is built on first use; the real configs
+(`ndec/full`, `ndec/disc21_dev`, their re-encoded variants) are prepared on
+first use from the manual directory when there is one (README, "Preparing
+NDEC"), else the error says how.
 """
 
 import io
 import os
+import re
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -28,9 +31,12 @@ def data_dir(cfg) -> str:
                             or "~/tensorflow_datasets")
 
 
-def builder(cfg) -> tfds.core.DatasetBuilder:
-  """The TFDS builder that `config.data` names."""
-  name = cfg.name
+_REAL_NAME = re.compile(r"ndec/(full|disc21_dev)(?:_(\d+)_q(\d+))?")
+
+
+def builder(cfg, name: str | None = None) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of `config.data` (or of the dataset `name`)."""
+  name = name or cfg.name
   if name == "ndec/synthetic":
     config = tfds_ndec.synthetic_config(
         **{k: cfg.synthetic[k] for k in _SYNTHETIC_FIELDS})
@@ -38,16 +44,22 @@ def builder(cfg) -> tfds.core.DatasetBuilder:
                              file_format="array_record",
                              num_workers=cfg.synthetic.num_workers)
   if name.startswith("ndec/"):
-    config_name = name.split("/")[1]
     known = [c.name for c in tfds_ndec.Builder.BUILDER_CONFIGS]
-    if config_name not in known:
+    custom = _REAL_NAME.fullmatch(name)
+    if name.split("/")[1] in known:
+      config = name.split("/")[1]
+    elif custom and custom.group(2):
+      config = tfds_ndec.real_config(custom.group(1), int(custom.group(2)),
+                                     int(custom.group(3)))
+    else:
       raise UserError(
-          f"{name} is not prepared under {data_dir(cfg)}, and this version of "
-          f"the tfds_ndec builder has only the configs {known}: the configs "
-          "that read the real NDEC/DISC21 download (ndec/full, "
-          "ndec/disc21_dev) are not implemented yet (README, 'Preparing "
-          "NDEC'). Until then, train and evaluate on ndec/synthetic "
-          "(configs/asl.py with no variant).")
+          f"config.data.name={name!r} is not a config of the ndec dataset. "
+          f"Known: {', '.join('ndec/' + k for k in known)}, or "
+          "ndec/full_<max side>_q<JPEG quality> (e.g. ndec/full_384_q85).")
+    return tfds_ndec.Builder(config=config, data_dir=data_dir(cfg),
+                             file_format="array_record",
+                             num_workers=cfg.prepare_workers,
+                             skip_bad_images=cfg.skip_bad_images)
   try:
     return tfds.builder(name, data_dir=data_dir(cfg))
   except Exception as e:  # TFDS raises several kinds for unknown names.
@@ -56,22 +68,43 @@ def builder(cfg) -> tfds.core.DatasetBuilder:
         "'ndec/synthetic' for the embedded set.") from None
 
 
-def prepare(cfg, log=print) -> tfds.core.DatasetBuilder:
-  """Returns a prepared builder, building `ndec/synthetic` if needed."""
-  b = builder(cfg)
+def manual_dir(cfg) -> str:
+  """`config.data.manual_dir`, else TFDS's default <data_dir>/downloads/manual."""
+  return os.path.expanduser(cfg.manual_dir or os.path.join(data_dir(cfg), "downloads",
+                                                           "manual"))
+
+
+def prepare(cfg, log=print, name: str | None = None) -> tfds.core.DatasetBuilder:
+  """Returns a prepared builder: `ndec/synthetic` is built when missing, the
+  real configs are prepared from the manual directory when it exists."""
+  name = name or cfg.name
+  b = builder(cfg, name)
   if b.is_prepared():
     log(f"Using {b.info.full_name} from {b.data_dir}")
     return b
-  if cfg.name != "ndec/synthetic":
+  if name == "ndec/synthetic":
+    log(f"Building {name} into {b.data_dir} (once; later runs reuse it)")
+    b.download_and_prepare(file_format="array_record")
+  elif name.startswith("ndec/") and os.path.isdir(manual_dir(cfg)):
+    log(f"Preparing {name} from {manual_dir(cfg)} into {b.data_dir} (once; an "
+        "interrupted prepare resumes)")
+    try:
+      b.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=manual_dir(cfg)))
+    except tfds_ndec.NdecInputError as e:
+      raise UserError(f"Cannot prepare {name}: {e}") from None
+  else:
+    real = _REAL_NAME.fullmatch(name)
+    source = real.group(1) if real else "full"
     raise UserError(
-        f"The dataset {cfg.name} is not prepared under {data_dir(cfg)} "
-        f"(looked for {b.data_dir}). Prepare it once with TFDS "
-        "(tfds.builder(name, data_dir=...).download_and_prepare("
-        "file_format='array_record')) after downloading the files that "
-        "tfds_ndec/README.md lists, or point --config.data.data_dir (or "
+        f"The dataset {name} is not prepared under {data_dir(cfg)} (looked "
+        f"for {b.data_dir}), and there is no manual directory at "
+        f"{manual_dir(cfg)} to prepare it from. Download NDEC and DISC21 as "
+        "tfds_ndec/README.md describes (README, 'Preparing NDEC'), then set "
+        "--config.data.manual_dir to the download, or prepare once with "
+        f"`python -m tfds_ndec.prepare {source} --manual_dir <download> "
+        f"--data_dir {data_dir(cfg)}`; or point --config.data.data_dir (or "
         "$TFDS_DATA_DIR) at where it was prepared.")
-  log(f"Building {cfg.name} into {b.data_dir} (once; later runs reuse it)")
-  b.download_and_prepare(file_format="array_record")
   log(f"Built {b.info.full_name}: " + ", ".join(
       f"{s}={b.info.splits[s].num_examples}" for s in b.info.splits))
   return b

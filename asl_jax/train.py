@@ -241,4 +241,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains, then evaluates on the queries and references; returns metrics."""
   from asl_jax.evaluation import icd
   model, state, builder = train(config, workdir)
-  return icd.evaluate_model(model, state, builder, config, workdir, log=log)
+  eval_builder = builder
+  if config.eval.data_name and config.eval.data_name != config.data.name:
+    eval_builder = data.prepare(config.data, log=log, name=config.eval.data_name)
+  return icd.evaluate_model(model, state, eval_builder, config, workdir, log=log,
+                            background_builder=builder)

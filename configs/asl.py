@@ -21,7 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = d = ml_collections.ConfigDict()
-  d.name = "ndec/synthetic"       # TFDS dataset: ndec/synthetic | ndec/full.
+  d.name = "ndec/synthetic"       # TFDS dataset: ndec/synthetic | ndec/full[_512].
   d.data_dir = ""                 # '' -> $TFDS_DATA_DIR or ~/tensorflow_datasets.
   d.synthetic = s = ml_collections.ConfigDict()  # Sizes of ndec/synthetic.
   s.seed = 0                      # Generator seed (same seed, same images).
@@ -33,6 +33,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   s.num_hard_negative_queries = 300  # Queries that resemble but do not copy.
   s.num_distractor_queries = 200  # Queries unrelated to any reference.
   s.num_workers = 0               # Build processes; 0 = one per core.
+  d.manual_dir = ""               # Real data download; '' -> <data_dir>/downloads/manual.
+  d.prepare_workers = 0           # Processes preparing real data; 0 = one per core.
+  d.skip_bad_images = False       # Skip unreadable source images (listed in metadata).
   d.ids_per_batch = 32            # N identities per batch (global).
   d.views_per_id = 4              # K views per identity (view 0 = original).
   d.pair_ids_per_batch = 8        # Of the N, identities from NDEC pairs (even).
@@ -83,6 +86,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   t.keep_checkpoints = 3
 
   c.eval = e = ml_collections.ConfigDict()
+  e.data_name = ""                # Queries/references from another dataset ('' = data.name),
+                                  # e.g. ndec/disc21_dev after training on ndec/full.
   e.k = 10                        # Nearest references per query.
   e.batch_size = 256
   e.soft_gate_temperature = 0.1   # Soft gate (an extension): score x sigmoid(log ratio / T).

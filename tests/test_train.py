@@ -199,3 +199,24 @@ def test_unprepared_real_data_says_how_to_prepare(tmp_path):
   assert r.returncode == 2, r.stderr[-2000:]
   assert "ndec/full" in r.stderr and "Traceback" not in r.stderr
   assert "README" in r.stderr
+
+
+def test_train_on_fake_ndec_full_and_evaluate_on_disc21_dev(tmp_path):
+  """main's path on the real-data configs: ndec/full is prepared from the
+  manual directory on first use, training reads its train split and pairs,
+  and evaluation runs on another dataset (eval.data_name)."""
+  from tfds_ndec import fake_layout
+  layout = fake_layout.FakeLayout(num_train=24, num_references=12, num_queries=6, num_copies=3,
+                                  num_pairs=4, num_dev_queries=8, num_dev_copies=5,
+                                  width=40, height=32)
+  fake_layout.write(str(tmp_path / "manual"), layout)
+  c = tiny_config(str(tmp_path / "data"))
+  c.data.update(name="ndec/full", manual_dir=str(tmp_path / "manual"), prepare_workers=1)
+  c.eval.update(data_name="ndec/disc21_dev", k=3)
+  m = train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert m["settings"]["dataset"] == "ndec/disc21_dev/1.1.0"
+  assert m["without_gate"]["num_ground_truth"] == 5
+  assert m["without_gate"]["num_predictions"] == 8 * 3
+  counts = m["gate"]["counts"]
+  assert counts["negative"]["before"] == 3 * 3  # Three non-copy queries x k.
+  assert os.path.isdir(tmp_path / "data/ndec/full/1.1.0")

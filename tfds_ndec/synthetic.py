@@ -15,13 +15,12 @@ Roles, as in DISC21 + NDEC (`../shared/docs/method.md` §4):
 """
 
 import dataclasses
-import io
 
 import numpy as np
-from PIL import Image
 
 from asl_jax import copy_edits
 from tfds_ndec import scenes
+from tfds_ndec.features import complete, encode_jpeg
 
 HARD_NEGATIVE_KINDS = ("reverse_crop", "similar", "viewpoint", "time")
 # Split codes mixed into the seed, one stream of randomness per split.
@@ -60,12 +59,6 @@ class Sizes:
           f"negative query: {need} such queries but num_references="
           f"{self.num_references}. Raise num_references or lower the query "
           "counts.")
-
-
-def encode_jpeg(image: np.ndarray, quality: int = 92) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(image).save(buf, format="JPEG", quality=quality)
-  return buf.getvalue()
 
 
 def _rng(sizes: Sizes, split: int, index: int) -> np.random.Generator:
@@ -198,21 +191,6 @@ EXAMPLE_FNS = {
     "references": (reference_example, "num_references"),
     "queries": (query_example, "num_queries"),
 }
-
-
-_PLACEHOLDER = None
-
-
-def complete(example: dict) -> dict:
-  """Fills the fields a split does not use (one feature spec for all)."""
-  global _PLACEHOLDER
-  if _PLACEHOLDER is None:
-    _PLACEHOLDER = encode_jpeg(np.zeros((1, 1, 3), np.uint8))
-  defaults = {"reference_id": "", "kind": "", "hard_negative_kind": "",
-              "resembles_id": "", "edits": [],
-              "information_amount": np.float32(1.0), "pair_id": "",
-              "partner": {"id": "", "image": _PLACEHOLDER, "filename": ""}}
-  return {**defaults, **example}
 
 
 def make_example(args):

@@ -86,7 +86,9 @@ def embed_split(embed_fn, state, source, image_size, batch_size, mesh,
 
 def categorize(pairs, query_ids, reference_ids, meta, gt) -> list[str]:
   """What each candidate pair is: true_copy, hard_negative:<kind>,
-  distractor (the query has no copy and resembles nothing) or wrong_reference."""
+  distractor (the query has no copy and resembles nothing), negative (a
+  non-copy query of the real data, whose ground truth does not say which
+  kind) or wrong_reference."""
   out = []
   for qi, ri in zip(pairs.query_index, pairs.reference_index, strict=False):
     q, r = query_ids[qi], reference_ids[ri]
@@ -97,6 +99,8 @@ def categorize(pairs, query_ids, reference_ids, meta, gt) -> list[str]:
       out.append("hard_negative:" + m["hard_negative_kind"])
     elif m.get("kind") == "distractor":
       out.append("distractor")
+    elif m.get("kind") == "negative":  # Real data: hard negative or distractor.
+      out.append("negative")
     else:
       out.append("wrong_reference")
   return out
@@ -121,11 +125,18 @@ def gate_report(categories, keep) -> dict:
               "hard_negative": removed("hard_negative"),
               "hard_negative:reverse_crop": removed("hard_negative:reverse_crop"),
               "distractor": removed("distractor"),
+              "negative": removed("negative"),
           }}
 
 
-def evaluate_model(model, state, builder, config, workdir, log=print) -> dict:
-  """Runs the whole evaluation and writes the reports; returns metrics.json."""
+def evaluate_model(model, state, builder, config, workdir, log=print,
+                   background_builder=None) -> dict:
+  """Runs the whole evaluation and writes the reports; returns metrics.json.
+
+  builder: the dataset of the queries and references; background_builder:
+  the one whose `train` split is the score-normalisation background
+  (default: `builder`).
+  """
   mesh = sharding.make_mesh()
   embed_fn = make_embed_fn(model, mesh)
   size, bs = config.data.image_size, config.eval.batch_size
@@ -142,8 +153,9 @@ def evaluate_model(model, state, builder, config, workdir, log=print) -> dict:
   pairs = search.search(q_desc, ref_desc, k=config.eval.k)
   sn = config.eval.score_norm
   if sn.method != "none":
-    train_desc, _ = embed_split(embed_fn, state, data.source(builder, "train"), size,
-                                bs, mesh, "train (score normalisation)", log)
+    background = data.source(background_builder or builder, "train")
+    train_desc, _ = embed_split(embed_fn, state, background, size, bs, mesh,
+                                "train (score normalisation)", log)
     bias = search.score_normalization_bias(q_desc, train_desc, sn.method, sn.n,
                                            sn.n_end, sn.factor)
     pairs.score = pairs.score - bias[pairs.query_index]
@@ -259,6 +271,9 @@ def format_table(report: dict) -> str:
   lines.append(f"gate removes {_pct(rf['hard_negative:reverse_crop'])} of the "
                f"reverse-direction hard-negative pairs and {_pct(rf['true_copy'])} "
                "of the true-copy pairs")
+  if rf.get("negative") is not None:
+    lines.append(f"gate removes {_pct(rf['negative'])} of the pairs of non-copy "
+                 "queries (real data: hard negatives and distractors together)")
   return "\n".join(lines)
 
 

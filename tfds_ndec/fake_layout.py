@@ -1,0 +1,130 @@
+"""Fake NDEC/DISC21 manual directories, in the layouts real downloads have.
+
+Used by the tests, by `dummy_data/` (the TFDS convention for a builder's own
+test), by the preparation benchmark and by the paper recipe's smoke run. The
+images are smooth random textures with grain, so their JPEG sizes are like
+photos' (about 60-90 kB at 640x480, quality 90), not like flat test patterns.
+
+  python -m tfds_ndec.fake_layout /tmp/ndec_manual --num_train 20000 \
+      --width 640 --height 480 --sharded
+"""
+
+import argparse
+import dataclasses
+import io
+import os
+
+import numpy as np
+from PIL import Image
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeLayout:
+  """What to write. Copies are the first `num_copies` queries (each a crop of
+  a reference); the other queries are negatives."""
+  num_train: int = 12
+  num_references: int = 10
+  num_queries: int = 8
+  num_copies: int = 4
+  num_pairs: int = 3
+  num_dev_queries: int = 6
+  num_dev_copies: int = 3
+  width: int = 64
+  height: int = 48
+  sharded: bool = False  # train_0../references_0.. instead of train/ references/.
+  num_shard_folders: int = 3
+  query_ext: str = ".jpg"  # e.g. ".png" or ".jpeg".
+  header: bool = True
+  bom: bool = False
+  crlf: bool = False
+  trailing_blank_lines: int = 0
+  seed: int = 0
+
+
+def texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+  """A photo-like RGB image: smooth colour fields plus fine grain."""
+  coarse = rng.integers(0, 256, (max(2, height // 24), max(2, width // 24), 3), np.uint8)
+  smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC),
+                      np.float32)
+  grain = rng.normal(0, 7, (height, width, 1)).astype(np.float32)
+  return np.clip(smooth + grain, 0, 255).astype(np.uint8)
+
+
+def _save(path: str, image: np.ndarray, quality: int = 90):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fmt = "PNG" if path.lower().endswith(".png") else "JPEG"
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+  with open(path, "wb") as f:
+    f.write(buf.getvalue())
+
+
+def _folder(layout: FakeLayout, name: str, index: int) -> str:
+  if not layout.sharded:
+    return name
+  return f"{name}_{index % layout.num_shard_folders}"
+
+
+def write_csv(path: str, rows: list[tuple[str, str]], layout: FakeLayout):
+  end = "\r\n" if layout.crlf else "\n"
+  lines = (["query_id,reference_id"] if layout.header else []) + [f"{q},{r}" for q, r in rows]
+  text = end.join(lines) + end + end * layout.trailing_blank_lines
+  with open(path, "w", encoding="utf-8-sig" if layout.bom else "utf-8", newline="") as f:
+    f.write(text)
+
+
+def write(root: str, layout: FakeLayout = FakeLayout()) -> dict:
+  """Writes the fake download under `root`; returns its ground truth
+  {'ndec': [(query, reference or '')], 'dev': [...]}."""
+  rng = np.random.default_rng(layout.seed)
+  w, h = layout.width, layout.height
+  for i in range(layout.num_train):
+    _save(os.path.join(root, _folder(layout, "train", i), f"T{i:06d}.jpg"), texture(rng, w, h))
+  refs = []
+  for i in range(layout.num_references):
+    refs.append(texture(rng, w, h))
+    _save(os.path.join(root, _folder(layout, "references", i), f"R{i:06d}.jpg"), refs[-1])
+
+  def queries(folder, count, copies, first_id):
+    rows = []
+    for j in range(count):
+      qid = f"Q{first_id + j:05d}"
+      if j < copies:
+        r = int(rng.integers(layout.num_references))
+        crop = refs[r][h // 8: h - h // 8, w // 8: w - w // 8]
+        _save(os.path.join(root, folder, qid + layout.query_ext), crop)
+        rows.append((qid, f"R{r:06d}"))
+      else:
+        _save(os.path.join(root, folder, qid + layout.query_ext), texture(rng, w, h))
+        rows.append((qid, ""))
+    return rows
+
+  ndec = queries("query_images_h5", layout.num_queries, layout.num_copies, 0)
+  write_csv(os.path.join(root, "public_ground_truth_h5.csv"), ndec, layout)
+  dev = queries("dev_queries", layout.num_dev_queries, layout.num_dev_copies, 0)
+  write_csv(os.path.join(root, "dev_ground_truth.csv"), dev, layout)
+  for p in range(layout.num_pairs):
+    folder = os.path.join(root, "negative_pair", f"{p + 1:05d}")
+    base = texture(rng, w, h)
+    _save(os.path.join(folder, f"T{900000 + p:06d}.jpg"), base)
+    _save(os.path.join(folder, f"{p + 1:05d}_neg.jpg"), np.flip(base, 1).copy())
+  return {"ndec": ndec, "dev": dev}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("root")
+  for f in dataclasses.fields(FakeLayout):
+    flag = "--" + f.name
+    if f.type is bool or f.type == "bool":
+      parser.add_argument(flag, action="store_true")
+    else:
+      parser.add_argument(flag, type=type(f.default), default=f.default)
+  args = vars(parser.parse_args(argv))
+  root = args.pop("root")
+  write(root, FakeLayout(**args))
+  print(f"Wrote a fake NDEC/DISC21 manual directory to {root}")
+
+
+if __name__ == "__main__":
+  main()

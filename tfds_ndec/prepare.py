@@ -1,0 +1,78 @@
+"""Prepare `ndec/full` or `ndec/disc21_dev` from a manual download, without
+TensorFlow (TFDS's own `tfds build` command imports TensorFlow).
+
+  python -m tfds_ndec.prepare full --manual_dir ~/ndec_download \
+      --data_dir ~/tensorflow_datasets --workers 0 --max_side 512
+
+A re-run after an interruption reuses the shards already written. Bad input
+(a missing part, a malformed ground truth, an unreadable image) stops with a
+message that names the files and says what to do, and exit status 2.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import tensorflow_datasets as tfds
+
+import tfds_ndec
+from tfds_ndec import manual
+
+
+def _peak_rss_mb() -> tuple[float, float]:
+  """Peak resident memory of this process and of its largest worker, MB."""
+  import resource
+  own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+  return own / 1024, children / 1024
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("source", choices=["full", "disc21_dev"])
+  p.add_argument("--manual_dir", required=True, help="Where the download is.")
+  p.add_argument("--data_dir", default=os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+  p.add_argument("--workers", type=int, default=0, help="Processes (0: one per core).")
+  p.add_argument("--max_side", type=int, default=0,
+                 help="Re-encode images whose longer side exceeds this (0: keep originals).")
+  p.add_argument("--jpeg_quality", type=int, default=90)
+  p.add_argument("--skip_bad_images", action="store_true",
+                 help="Leave out unreadable images and list them in the metadata.")
+  p.add_argument("--file_format", default="array_record", choices=["array_record", "tfrecord"],
+                 help="tfrecord (needs TensorFlow) is what tfds.load reads.")
+  p.add_argument("--beam_runner", default="",
+                 help="Prepare on Apache Beam instead of local processes (e.g. DirectRunner).")
+  p.add_argument("--beam_options", default="",
+                 help="Beam pipeline options, space separated (e.g. '--direct_num_workers=8').")
+  args = p.parse_args(argv)
+
+  config = tfds_ndec.real_config(args.source, args.max_side, args.jpeg_quality)
+  builder = tfds_ndec.Builder(config=config, data_dir=os.path.expanduser(args.data_dir),
+                              file_format=args.file_format, num_workers=args.workers,
+                              skip_bad_images=args.skip_bad_images)
+  download_config = tfds.download.DownloadConfig(
+      manual_dir=os.path.expanduser(args.manual_dir))
+  if args.beam_runner:
+    import apache_beam as beam
+    download_config = tfds.download.DownloadConfig(
+        manual_dir=os.path.expanduser(args.manual_dir), beam_runner=args.beam_runner,
+        beam_options=beam.options.pipeline_options.PipelineOptions(args.beam_options.split()))
+  t0 = time.time()
+  try:
+    builder.download_and_prepare(download_config=download_config)
+  except manual.NdecInputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  seconds = time.time() - t0
+  n = sum(s.num_examples for s in builder.info.splits.values())
+  parent, worker = _peak_rss_mb()
+  print(f"Prepared {builder.info.full_name} in {builder.data_dir}: " + ", ".join(
+      f"{s}={builder.info.splits[s].num_examples}" for s in builder.info.splits)
+        + f" ({n} examples, {seconds:.0f} s, peak RSS {parent:.0f} MB, largest "
+        f"worker {worker:.0f} MB)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
