@@ -21,7 +21,9 @@ def fingerprint(config) -> dict:
   """The config fields a checkpoint's shapes and data order depend on."""
   d = config.data
   return {
-      "model": json.loads(config.model.to_json()),
+      # Where the initial weights came from does not change what resumes.
+      "model": {k: v for k, v in json.loads(config.model.to_json()).items()
+                if k not in ("init_from", "init_strict")},
       "loss.classification": float(config.loss.classification) > 0,
       "data.name": d.name,
       "data.image_size": d.image_size,

@@ -94,10 +94,18 @@ def koleo_loss(embeddings: Array, labels: Array) -> Array:
 
 
 def label_smoothed_cross_entropy(logits: Array, labels: Array,
-                                 smoothing: float = 0.1) -> Array:
-  """Cross-entropy with targets (1 - eps) one-hot + eps / num_classes."""
-  num_classes = logits.shape[-1]
+                                 smoothing: float = 0.1,
+                                 num_classes: int | None = None) -> Array:
+  """Cross-entropy with targets (1 - eps) one-hot + eps / num_classes.
+
+  num_classes: the real classes when `logits` has padding columns after them
+  (they get no target mass); default: all columns.
+  """
+  columns = logits.shape[-1]
+  num_classes = num_classes or columns
   targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing)
+  if columns > num_classes:
+    targets = jnp.pad(targets, ((0, 0), (0, columns - num_classes)))
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
 
 

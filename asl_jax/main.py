@@ -80,6 +80,9 @@ def main(argv):
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     _fail(str(e))
+  except train.Preempted as e:
+    print(str(e), file=sys.stderr, flush=True)
+    sys.exit(143)  # 128 + SIGTERM, as if the signal had ended the process.
 
 
 def run():

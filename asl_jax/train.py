@@ -8,6 +8,8 @@ and what the tests call. The loss reads like the paper: embed the N x K views
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from asl_jax import checkpointing, data, input_pipeline, losses, sharding
+from asl_jax import checkpointing, data, input_pipeline, losses, sharding, tensorboard
 from asl_jax.errors import UserError
 from asl_jax.models import resnet
 
@@ -56,14 +58,33 @@ def make_optimizer(cfg, total_steps: int):
   return optax.chain(*parts), schedule
 
 
-def build_modules(config, num_classes: int):
+def build_modules(config, num_classes: int, num_devices: int | None = None):
+  """The model and, when classification is on, the per-identity classifier;
+  with model.shard_classifier its columns are padded to a multiple of the
+  device count so that they split evenly."""
   model = resnet.build(config.model)
   classifier = None
   if config.loss.classification > 0:
+    n = num_devices or jax.device_count()
+    padded = -(-num_classes // n) * n if config.model.get("shard_classifier") else 0
     classifier = resnet.Classifier(
         num_classes, cosine_scale=config.loss.cosine_scale or None,
-        dtype=jnp.dtype(config.model.dtype))
+        dtype=jnp.dtype(config.model.dtype), padded_classes=padded)
   return model, classifier
+
+
+def state_shardings(shapes, mesh, classifier):
+  """Everything replicated, except (with a sharded classifier) its kernel
+  and the optimiser moments of it, split over `data` along the class axis."""
+  columns = classifier.padded_classes if classifier is not None else 0
+
+  def spec(path, leaf):
+    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    if columns and "classifier" in names and leaf.ndim == 2 and leaf.shape[-1] == columns:
+      return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+    return sharding.replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(spec, shapes)
 
 
 def init_state(model, classifier, tx, config, rng, mesh) -> TrainState:
@@ -83,24 +104,55 @@ def init_state(model, classifier, tx, config, rng, mesh) -> TrainState:
                       opt_state=tx.init(params))
 
   shapes = jax.eval_shape(init, rng)
-  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
-  return jax.jit(init, out_shardings=shardings)(rng)
+  return jax.jit(init, out_shardings=state_shardings(shapes, mesh, classifier))(rng)
+
+
+def load_pretrained(state: TrainState, config, workdir: str) -> TrainState:
+  """The trunk from `config.model.init_from` (torchvision .pth/.pt or timm
+  .safetensors); the load report is logged and written to the workdir."""
+  from asl_jax.models import pretrained
+  path = os.path.expanduser(config.model.init_from)
+  host = lambda tree: jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+  params, stats, report = pretrained.load_into(
+      host(state.params["model"]), host(state.batch_stats),
+      pretrained.read_state_dict(path), strict=config.model.init_strict, source=path)
+  log(f"Initialised the trunk from {path}: {report.summary()}")
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "pretrained_load.json"), "w") as f:
+      json.dump({"file": path, **{k: [x if isinstance(x, str) else "/".join(x) for x in v]
+                                  for k, v in report.__dict__.items()}}, f, indent=1)
+  place = lambda new, old: jax.tree.map(lambda n, o: jax.device_put(n, o.sharding), new, old)
+  return state.replace(params={**state.params, "model": place(params, state.params["model"])},
+                       batch_stats=place(stats, state.batch_stats))
 
 
 # ------------------------------------------------------------------- loss --
-def loss_fn(params, batch_stats, batch, rng, *, model, classifier, cfg):
-  """Total loss and metrics of one N x K batch."""
+def loss_fn(params, batch_stats, batch, rng, *, model, classifier, cfg, mesh=None):
+  """Total loss and metrics of one N x K batch.
+
+  mesh: given when the classifier is sharded over classes: its input is then
+  gathered on every device and its logits stay split along the class axis,
+  so that the 100k-way head is never replicated.
+  """
   n, k = batch["information_amount"].shape
   images = batch["views"].reshape((n * k,) + batch["views"].shape[2:])
   labels = jnp.repeat(batch["label"], k)
   aux, updates = model.apply(
       {"params": params["model"], "batch_stats": batch_stats},
-      resnet.images_to_input(images), train=True, mutable=["batch_stats"])
+      resnet.images_to_input(images), train=True, mutable=["batch_stats"],
+      rngs={"wave": jax.random.fold_in(rng, 0x3A7E)})
   terms = {}
   if cfg.classification > 0:
-    logits = classifier.apply({"params": params["classifier"]}, aux["projected"])
+    features = aux["projected"]
+    if mesh is not None and classifier.padded_classes:
+      P = jax.sharding.PartitionSpec
+      features = jax.lax.with_sharding_constraint(features, sharding.replicated(mesh))
+    logits = classifier.apply({"params": params["classifier"]}, features)
+    if mesh is not None and classifier.padded_classes:
+      logits = jax.lax.with_sharding_constraint(
+          logits, jax.sharding.NamedSharding(mesh, P(None, "data")))
     terms["classification"] = losses.label_smoothed_cross_entropy(
-        logits, labels, cfg.label_smoothing)
+        logits, labels, cfg.label_smoothing, classifier.num_classes)
   if cfg.triplet > 0:
     terms["triplet"] = losses.soft_triplet_loss(aux[cfg.triplet_feature], labels)
   if cfg.info_nce > 0:
@@ -124,7 +176,7 @@ def make_update_fn(model, classifier, tx, schedule, config, mesh, state):
   """The jitted `update(state, batch, rng) -> (state, metrics)`."""
   grad_fn = jax.value_and_grad(
       functools.partial(loss_fn, model=model, classifier=classifier,
-                        cfg=config.loss), has_aux=True)
+                        cfg=config.loss, mesh=mesh), has_aux=True)
 
   def update(state, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
@@ -176,7 +228,7 @@ def train(config, workdir: str, builder=None):
   num_classes = input_pipeline.num_identities(
       len(train_src), len(pairs_src) if use_pairs else 0, use_pairs)
   total = config.train.total_steps
-  model, classifier = build_modules(config, num_classes)
+  model, classifier = build_modules(config, num_classes, mesh.devices.size)
   tx, schedule = make_optimizer(config.optim, total)
   rng = jax.random.key(config.seed)
   state = init_state(model, classifier, tx, config, rng, mesh)
@@ -192,6 +244,8 @@ def train(config, workdir: str, builder=None):
     ckpt.check_compatible(start, json.loads(json.dumps(meta["fingerprint"])))
     state = ckpt.restore(start, checkpointing.abstract(state), it)
     log(f"Resumed from the checkpoint of step {start} in {ckpt.directory}")
+  elif config.model.init_from:
+    state = load_pretrained(state, config, workdir)
   start = int(start or 0)
   update = make_update_fn(model, classifier, tx, schedule, config, mesh, state)
   step_rng = jax.random.fold_in(rng, 1)
@@ -200,11 +254,18 @@ def train(config, workdir: str, builder=None):
       f"{jax.devices()[0].platform} device(s), {num_classes} identities, "
       f"steps {start}..{total}, {images_per_step} images per step")
   last_good, t0, seen = start, time.time(), 0
+  events = tensorboard.EventWriter(workdir) if jax.process_index() == 0 else None
+  preemption = PreemptionWatch()
   try:
     for step in range(start + 1, total + 1):
       batch = sharding.global_batch(next(it), mesh)
       state, metrics = update(state, batch, step_rng)
       seen += 1
+      if preemption.reached(step):
+        ckpt.save(step, state, it, meta, force=True)
+        raise Preempted(
+            f"Stopped by SIGTERM (preemption) after step {step}; its checkpoint is in "
+            f"{ckpt.directory}. Run the same command again to resume.")
       if step % config.train.log_every == 0 or step == total:
         metrics = jax.device_get(metrics)
         if not np.isfinite(metrics["loss/total"]):
@@ -220,15 +281,51 @@ def train(config, workdir: str, builder=None):
         _append_jsonl(os.path.join(workdir, "train_metrics.jsonl"),
                       {"step": step, "images_per_second": rate,
                        **{k: float(v) for k, v in metrics.items()}})
+        if events:
+          events.scalars(step, {"images_per_second": rate, **metrics})
         t0, seen = time.time(), 0
       if step % config.train.checkpoint_every == 0 or step == total:
         ckpt.save(step, state, it, meta, force=True)
         last_good = step
   finally:  # Also on errors and interrupts: finish the checkpoints in flight.
+    preemption.close()
+    if events:
+      events.close()
     ckpt.close()
     if hasattr(it, "close"):
       it.close()
   return model, state, builder
+
+
+class Preempted(Exception):
+  """Training stopped on SIGTERM after checkpointing; rerunning resumes."""
+
+
+class PreemptionWatch:
+  """Notices SIGTERM (what SLURM, Kubernetes and Cloud TPU send before
+  preempting). On one process a signal handler sets a flag; on several, JAX's
+  coordination service makes every process stop at the same step, so that the
+  checkpoint they write together is consistent."""
+
+  def __init__(self):
+    self.requested, self._previous = False, None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 
 
 def _append_jsonl(path: str, record: dict):

@@ -60,7 +60,7 @@ def main():
   if not os.path.exists(stamp) or open(stamp).read() != repr(layout):
     shutil.rmtree(manual_dir, ignore_errors=True)
     t0 = time.time()
-    fake_layout.write(manual_dir, layout)
+    fake_layout.write(manual_dir, layout, workers=args.workers)
     with open(stamp, "w") as f:
       f.write(repr(layout))
     print(f"wrote the fake download in {time.time() - t0:.0f} s")

@@ -4,11 +4,16 @@
       The embedded demo: builds `ndec/synthetic`, trains a tiny ResNet with
       InfoNCE + the ASL norm-ratio loss on the CPU, evaluates with and
       without the ASL gate. README.md lists the measured results.
-  python -m asl_jax.main --config configs/asl.py:ndec --workdir runs/ndec
-      The paper recipe (BoT-style ResNet-50 + ASL) on the real NDEC data,
-      which must be prepared first (README, "Preparing NDEC").
+  python -m asl_jax.main --config configs/asl.py:ndec --workdir runs/ndec \
+      --config.data.manual_dir=~/ndec_download
+      The paper recipe (BoT-style ResNet-50 with WaveBlock, ghost BN, a
+      class-sharded 10x CE head, soft triplet + ASL) on the real NDEC data,
+      prepared on first use from the manual download (README, "Preparing
+      NDEC"). Add --config.model.init_from=resnet50.pth for Barlow Twins init.
   python -m asl_jax.main --config configs/asl.py:ndec_baseline ...
       The same recipe without ASL (norm-ratio loss off), for the comparison.
+  python -m asl_jax.main --config configs/asl.py:ndec_sscd ...  (and :ndec_sscd_baseline)
+      The SSCD loss family (InfoNCE + KoLeo) on the same data, with/without ASL.
 
 Any field can be overridden: --config.train.total_steps=10.
 """
@@ -56,6 +61,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.descriptor_dim = 128          # Retrieval descriptor dimension.
   m.gate_feature = "pooled"       # Norm read by loss and gate: pooled (GeM) | projector.
   m.dtype = "float32"             # Compute dtype (bfloat16 on accelerators).
+  m.bn_groups = 1                 # Ghost BatchNorm groups per batch (4 = BoT's 4 GPUs).
+  m.wave_block = False            # WaveBlock band augmentation after layer2/3 (BoT).
+  m.wave_chunk = 32               # Samples sharing one WaveBlock band.
+  m.shard_classifier = False      # Split the classifier's classes over the devices.
+  m.init_from = ""                # Pretrained trunk: torchvision .pth/.pt or timm .safetensors.
+  m.init_strict = True            # A missing/mismatched/unused trunk tensor is an error.
 
   c.loss = l = ml_collections.ConfigDict()  # Weights; 0 switches a term off.
   l.info_nce = 1.0                # SSCD-style InfoNCE over views.
@@ -99,9 +110,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if arg in ("ndec", "ndec_baseline"):
     _paper_recipe(c, asl=arg == "ndec")
+  elif arg in ("ndec_sscd", "ndec_sscd_baseline"):
+    _sscd_recipe(c, asl=arg == "ndec_sscd")
   elif arg not in (None, ""):
     raise ValueError(f"Unknown config variant {arg!r}: use configs/asl.py, "
-                     "configs/asl.py:ndec or configs/asl.py:ndec_baseline.")
+                     "configs/asl.py:ndec, :ndec_baseline, :ndec_sscd or :ndec_sscd_baseline.")
   return c
 
 
@@ -113,9 +126,23 @@ def _paper_recipe(c, asl: bool):
   c.data.pair_ids_per_batch = 0
   c.data.num_threads = 16
   c.model.update(variant="r50", width=64, projector_dims=(4096, 8192),
-                 descriptor_dim=256, dtype="bfloat16")
+                 descriptor_dim=256, dtype="bfloat16", gate_feature="projector",
+                 wave_block=True, bn_groups=4, shard_classifier=True)
   c.loss.update(info_nce=0.0, triplet=1.0, classification=10.0,
                 norm_ratio=1.0 if asl else 0.0)
   c.optim.update(learning_rate=3.5e-4, weight_decay=0.0, warmup_steps=40_000)
   c.train.update(total_steps=200_000, log_every=100, checkpoint_every=2000)
   c.eval.batch_size = 512
+
+
+def _sscd_recipe(c, asl: bool):
+  """The SSCD family on the same data (evaluation.md §4): InfoNCE over the
+  views (τ 0.05) + KoLeo (λ 10, SSCD's advice for new setups; 30 in the
+  paper), no classifier, 512-d descriptor, 224 px. With this project's Adam
+  rather than SSCD's LARS at batch 4096."""
+  _paper_recipe(c, asl)
+  c.data.update(image_size=224, ids_per_batch=128, views_per_id=2)
+  c.model.update(descriptor_dim=512, wave_block=False, bn_groups=1, shard_classifier=False)
+  c.loss.update(info_nce=1.0, temperature=0.05, koleo=10.0, triplet=0.0, classification=0.0)
+  c.optim.update(learning_rate=1e-3, weight_decay=1e-6, warmup_steps=5_000)
+  c.train.update(total_steps=100_000)

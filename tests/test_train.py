@@ -1,6 +1,7 @@
 """Training: sharded steps, resuming, and the end-to-end run of main."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -19,9 +20,12 @@ def _losses(workdir):
     return {r["step"]: r["loss/total"] for r in map(json.loads, f)}
 
 
-def test_one_step_on_8_fake_devices_equals_1_device(tiny_builder, data_dir):
+@pytest.mark.parametrize("paper_parts", [False, True], ids=["demo", "sharded-head-ghost-bn-wave"])
+def test_one_step_on_8_fake_devices_equals_1_device(tiny_builder, data_dir, paper_parts):
   """Same loss and gradients on 1 device and on 8 (BatchNorm sees the
-  global batch in both)."""
+  global batch in both). With the paper's parts on, the classifier (60
+  classes, padded to 64) is split 8 ways along its classes, BatchNorm uses 2
+  ghost groups and WaveBlock draws bands: still the same numbers."""
   script = textwrap.dedent(f"""
       import jax, numpy as np, sys
       sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
@@ -29,24 +33,38 @@ def test_one_step_on_8_fake_devices_equals_1_device(tiny_builder, data_dir):
       from asl_jax import data, input_pipeline, sharding, train
       assert jax.device_count() == 8
       c = tiny_config({data_dir!r})
+      if {paper_parts!r}:
+        c.loss.update(classification=1.0, triplet=1.0)
+        c.model.update(shard_classifier=True, bn_groups=2, wave_block=True, wave_chunk=4)
       b = data.prepare(c.data, log=lambda _: None)
       batch = next(iter(input_pipeline.train_dataset(
           data.source(b, "train"), data.source(b, "train_negative_pairs"), c.data, seed=0)))
       out = {{}}
       for n in (1, 8):
         mesh = sharding.make_mesh(jax.devices()[:n])
-        model, cls = train.build_modules(c, 64)
+        model, cls = train.build_modules(c, 60, num_devices=8)
         tx, sched = train.make_optimizer(c.optim, 4)
         state = train.init_state(model, cls, tx, c, jax.random.key(0), mesh)
+        if {paper_parts!r} and n == 8:
+          kernel = state.params["classifier"]["kernel"]
+          assert kernel.shape == (64, 64), kernel.shape
+          assert {{s.data.shape for s in kernel.addressable_shards}} == {{(64, 8)}}
+          moments = [x for x in jax.tree.leaves(state.opt_state) if x.shape == (64, 64)]
+          assert len(moments) == 2  # Adam's mu and nu of the kernel, split the same way.
+          assert all({{s.data.shape for s in x.addressable_shards}} == {{(64, 8)}}
+                     for x in moments)
         update = train.make_update_fn(model, cls, tx, sched, c, mesh, state)
         g = sharding.global_batch(batch, mesh)
         assert len(g["views"].sharding.device_set) == n
         state, m = update(state, g, jax.random.key(1))
         out[n] = (float(m["loss/total"]), float(m["grad_norm"]),
-                  np.asarray(jax.tree.leaves(state.params)[0]))
+                  np.asarray(jax.tree.leaves(state.params)[0]),
+                  {{k: float(v) for k, v in m.items()}})
       np.testing.assert_allclose(out[1][0], out[8][0], rtol=2e-5)
       np.testing.assert_allclose(out[1][1], out[8][1], rtol=2e-4)
       np.testing.assert_allclose(out[1][2], out[8][2], rtol=1e-4, atol=1e-6)
+      if {paper_parts!r}:
+        assert "loss/classification" in out[8][3], out[8][3]
       print("OK", out[1][0], out[8][0])
   """)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
@@ -220,3 +238,45 @@ def test_train_on_fake_ndec_full_and_evaluate_on_disc21_dev(tmp_path):
   counts = m["gate"]["counts"]
   assert counts["negative"]["before"] == 3 * 3  # Three non-copy queries x k.
   assert os.path.isdir(tmp_path / "data/ndec/full/1.1.0")
+
+
+def test_sigterm_checkpoints_and_resumes_and_events_are_readable(tiny_builder, data_dir, tmp_path):
+  """SIGTERM (preemption) stops after the current step with a checkpoint of
+  it, exit status 143; rerunning resumes from that step. The TensorBoard
+  event file holds the logged scalars with valid CRCs."""
+  import signal
+  from asl_jax import tensorboard
+  workdir = str(tmp_path / "run")
+  flags = [*_tiny_flags(data_dir), "--config.train.total_steps=500",
+           "--config.train.log_every=1", "--config.train.checkpoint_every=1000"]
+  p = subprocess.Popen([sys.executable, "-m", "asl_jax.main", "--config", "configs/asl.py",
+                        f"--workdir={workdir}", *flags], cwd=ROOT, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+  for line in p.stdout:
+    if line.startswith("step 3/"):
+      p.send_signal(signal.SIGTERM)
+      break
+  out, err = p.communicate(timeout=300)
+  assert p.returncode == 143, err[-2000:]
+  stopped = int(re.search(r"Stopped by SIGTERM \(preemption\) after step (\d+)", err).group(1))
+  assert 3 <= stopped < 500
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  assert steps == [stopped]
+  r = _run_main(["--config", "configs/asl.py", f"--workdir={workdir}", *flags,
+                 f"--config.train.total_steps={stopped + 1}"])
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert f"Resumed from the checkpoint of step {stopped}" in r.stdout
+  files = [f for f in os.listdir(workdir) if f.startswith("events.out.tfevents.")]
+  assert len(files) == 2
+  scalars = [s for f in files for s in tensorboard.read_scalars(os.path.join(workdir, f))]
+  tags = {tag for _, tag, _ in scalars}
+  assert {"loss/total", "learning_rate", "grad_norm", "images_per_second",
+          "norm_ratio/more_over_less"} <= tags
+  logged = sorted({step for step, tag, _ in scalars if tag == "loss/total"})
+  # The stopping step is checkpointed before it is logged; the rerun logs the next.
+  assert logged == list(range(1, stopped)) + [stopped + 1]
+  with open(os.path.join(workdir, "train_metrics.jsonl")) as f:
+    jsonl = {json.loads(line)["step"]: json.loads(line)["loss/total"] for line in f}
+  for step, tag, value in scalars:
+    if tag == "loss/total":
+      assert value == pytest.approx(jsonl[step], rel=1e-6)

@@ -46,8 +46,8 @@ def texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
   coarse = rng.integers(0, 256, (max(2, height // 24), max(2, width // 24), 3), np.uint8)
   smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC),
                       np.float32)
-  grain = rng.normal(0, 7, (height, width, 1)).astype(np.float32)
-  return np.clip(smooth + grain, 0, 255).astype(np.uint8)
+  smooth += 7 * rng.standard_normal((height, width, 1), dtype=np.float32)
+  return np.clip(smooth, 0, 255).astype(np.uint8)
 
 
 def _save(path: str, image: np.ndarray, quality: int = 90):
@@ -73,39 +73,63 @@ def write_csv(path: str, rows: list[tuple[str, str]], layout: FakeLayout):
     f.write(text)
 
 
-def write(root: str, layout: FakeLayout = FakeLayout()) -> dict:
-  """Writes the fake download under `root`; returns its ground truth
-  {'ndec': [(query, reference or '')], 'dev': [...]}."""
-  rng = np.random.default_rng(layout.seed)
-  w, h = layout.width, layout.height
-  for i in range(layout.num_train):
-    _save(os.path.join(root, _folder(layout, "train", i), f"T{i:06d}.jpg"), texture(rng, w, h))
-  refs = []
-  for i in range(layout.num_references):
-    refs.append(texture(rng, w, h))
-    _save(os.path.join(root, _folder(layout, "references", i), f"R{i:06d}.jpg"), refs[-1])
+_TRAIN, _REFERENCE, _QUERY, _PAIR = range(4)
 
-  def queries(folder, count, copies, first_id):
+
+def _rng(layout: FakeLayout, role: int, index: int) -> np.random.Generator:
+  return np.random.default_rng([layout.seed, role, index])  # One stream per image.
+
+
+def _image(layout: FakeLayout, role: int, index: int) -> np.ndarray:
+  return texture(_rng(layout, role, index), layout.width, layout.height)
+
+
+def _write_source(args):
+  root, layout, role, index = args
+  name, prefix = {_TRAIN: ("train", "T"), _REFERENCE: ("references", "R")}[role]
+  _save(os.path.join(root, _folder(layout, name, index), f"{prefix}{index:06d}.jpg"),
+        _image(layout, role, index))
+
+
+def write(root: str, layout: FakeLayout = FakeLayout(), workers: int = 1) -> dict:
+  """Writes the fake download under `root` (`workers` processes for the
+  training and reference images); returns its ground truth
+  {'ndec': [(query, reference or '')], 'dev': [...]}."""
+  w, h = layout.width, layout.height
+  jobs = [(root, layout, _TRAIN, i) for i in range(layout.num_train)]
+  jobs += [(root, layout, _REFERENCE, i) for i in range(layout.num_references)]
+  if workers > 1:
+    import multiprocessing
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+      for _ in pool.imap_unordered(_write_source, jobs, chunksize=64):
+        pass
+  else:
+    for job in jobs:
+      _write_source(job)
+
+  def queries(folder, count, copies, role_offset):
     rows = []
     for j in range(count):
-      qid = f"Q{first_id + j:05d}"
+      qid = f"Q{j:05d}"
+      rng = _rng(layout, _QUERY, role_offset + j)
+      path = os.path.join(root, folder, qid + layout.query_ext)
       if j < copies:
         r = int(rng.integers(layout.num_references))
-        crop = refs[r][h // 8: h - h // 8, w // 8: w - w // 8]
-        _save(os.path.join(root, folder, qid + layout.query_ext), crop)
+        crop = _image(layout, _REFERENCE, r)[h // 8: h - h // 8, w // 8: w - w // 8]
+        _save(path, crop)
         rows.append((qid, f"R{r:06d}"))
       else:
-        _save(os.path.join(root, folder, qid + layout.query_ext), texture(rng, w, h))
+        _save(path, texture(rng, w, h))
         rows.append((qid, ""))
     return rows
 
   ndec = queries("query_images_h5", layout.num_queries, layout.num_copies, 0)
   write_csv(os.path.join(root, "public_ground_truth_h5.csv"), ndec, layout)
-  dev = queries("dev_queries", layout.num_dev_queries, layout.num_dev_copies, 0)
+  dev = queries("dev_queries", layout.num_dev_queries, layout.num_dev_copies, 1 << 20)
   write_csv(os.path.join(root, "dev_ground_truth.csv"), dev, layout)
   for p in range(layout.num_pairs):
     folder = os.path.join(root, "negative_pair", f"{p + 1:05d}")
-    base = texture(rng, w, h)
+    base = _image(layout, _PAIR, p)
     _save(os.path.join(folder, f"T{900000 + p:06d}.jpg"), base)
     _save(os.path.join(folder, f"{p + 1:05d}_neg.jpg"), np.flip(base, 1).copy())
   return {"ndec": ndec, "dev": dev}
@@ -120,9 +144,10 @@ def main(argv=None):
       parser.add_argument(flag, action="store_true")
     else:
       parser.add_argument(flag, type=type(f.default), default=f.default)
+  parser.add_argument("--workers", type=int, default=os.cpu_count())
   args = vars(parser.parse_args(argv))
-  root = args.pop("root")
-  write(root, FakeLayout(**args))
+  root, workers = args.pop("root"), args.pop("workers")
+  write(root, FakeLayout(**args), workers)
   print(f"Wrote a fake NDEC/DISC21 manual directory to {root}")
 
 

@@ -81,6 +81,70 @@ class GeM(nn.Module):
     return jnp.mean(x ** p, axis=(1, 2)) ** (1.0 / p)
 
 
+class GhostBatchNorm(nn.Module):
+  """BatchNorm whose training statistics come from `groups` equal slices of
+  the batch, as PyTorch DataParallel computes them per GPU (BoT/D²LV: 4
+  groups of 32 in a batch of 128). Same variables as `nn.BatchNorm` (scale,
+  bias; batch_stats mean, var), so checkpoints and pretrained files fit both;
+  the running statistics move by the mean of the groups' statistics."""
+  groups: int
+  use_running_average: bool = False
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+  use_bias: bool = True
+  scale_init: Any = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x):
+    features = x.shape[-1]
+    scale = self.param("scale", self.scale_init, (features,), jnp.float32)
+    bias = (self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+            if self.use_bias else jnp.zeros((features,), jnp.float32))
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+    if self.use_running_average:
+      y = (x.astype(jnp.float32) - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
+    else:
+      if x.shape[0] % self.groups:
+        raise ValueError(f"model.bn_groups={self.groups} must divide the batch of "
+                         f"{x.shape[0]} images.")
+      xg = x.astype(jnp.float32).reshape((self.groups, -1) + x.shape[1:])
+      axes = tuple(range(1, xg.ndim - 1))
+      mean = xg.mean(axes, keepdims=True)
+      var = jnp.square(xg - mean).mean(axes, keepdims=True)  # Biased, as nn.BatchNorm.
+      y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+      if not self.is_initializing():
+        m = self.momentum
+        ra_mean.value = m * ra_mean.value + (1 - m) * mean.reshape(-1, features).mean(0)
+        ra_var.value = m * ra_var.value + (1 - m) * var.reshape(-1, features).mean(0)
+    return (y * scale + bias).astype(self.dtype)
+
+
+class WaveBlock(nn.Module):
+  """Feature-band augmentation of BoT/D²LV (training only): in each chunk of
+  `chunk` samples, one random horizontal band of round(band * H) rows is
+  kept and every other row is multiplied by `factor` (one band per GPU
+  replica of 32 in the original; chunk=1 draws one per sample). Needs the
+  'wave' RNG stream."""
+  band: float = 0.3
+  factor: float = 1.5
+  chunk: int = 32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    if not train:
+      return x
+    b, h = x.shape[0], x.shape[1]
+    rows = int(round(self.band * h))
+    chunk = self.chunk if b % self.chunk == 0 else 1
+    start = jax.random.randint(self.make_rng("wave"), (b // chunk, 1), 0, h - rows + 1)
+    y = jnp.arange(h)[None, :]
+    mask = jnp.where((y >= start) & (y < start + rows), 1.0, self.factor)
+    mask = jnp.repeat(mask, chunk, axis=0).astype(x.dtype)
+    return x * mask[:, :, None, None]
+
+
 class CopyDetector(nn.Module):
   """Trunk + GeM + projector (gate feature) + descriptor head."""
   variant: str = "r50"
@@ -91,6 +155,9 @@ class CopyDetector(nn.Module):
   gate_feature: str = "projector"  # or "pooled"
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9  # PyTorch's momentum 0.1.
+  bn_groups: int = 1  # Ghost BatchNorm groups (4 mimics BoT's 4 GPUs).
+  wave_block: bool = False  # WaveBlock after layer2 and layer3 (training only).
+  wave_chunk: int = 32  # Samples sharing one WaveBlock band.
 
   def setup(self):
     if self.variant not in VARIANTS:
@@ -103,9 +170,13 @@ class CopyDetector(nn.Module):
   @nn.compact
   def __call__(self, images, train: bool = False):
     """images: [B, H, W, 3] float in ImageNet-normalised units."""
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=1e-5,
-                             dtype=self.dtype)
+    if self.bn_groups > 1:
+      norm = functools.partial(GhostBatchNorm, self.bn_groups, not train,
+                               self.bn_momentum, 1e-5, self.dtype)
+    else:
+      norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                               momentum=self.bn_momentum, epsilon=1e-5,
+                               dtype=self.dtype)
     block_name, stages, stem = VARIANTS[self.variant]
     block = BasicBlock if block_name == "basic" else Bottleneck
     x = images.astype(self.dtype)
@@ -123,6 +194,8 @@ class CopyDetector(nn.Module):
       for j in range(num_blocks):
         x = block(self.width * 2 ** i, stage_stride if j == 0 else 1, norm,
                   self.dtype, name=f"layer{i + 1}_{j}")(x)
+      if self.wave_block and i in (1, 2):  # After layer2 and layer3, as BoT.
+        x = WaveBlock(chunk=self.wave_chunk, name=f"wave{i + 1}")(x, train)
     pooled = GeM(name="gem")(x)
     h = nn.Dense(self.projector_dims[0], dtype=self.dtype, name="proj_fc1")(pooled)
     h = nn.leaky_relu(norm(name="proj_bn1")(h), 0.2)
@@ -140,21 +213,29 @@ class CopyDetector(nn.Module):
 
 class Classifier(nn.Module):
   """Bias-free per-identity classifier over the projector output; cosine
-  (scaled) or linear logits."""
+  (scaled) or linear logits. With `padded_classes` > num_classes the kernel
+  has extra columns (so that the class axis splits evenly over devices)
+  whose logits are pinned to -1e9: they take no probability."""
   num_classes: int
   cosine_scale: float | None = None  # None -> linear logits.
   dtype: Any = jnp.float32
+  padded_classes: int = 0  # Kernel columns; 0 = num_classes.
 
   @nn.compact
   def __call__(self, x):
+    columns = max(self.padded_classes, self.num_classes)
     w = self.param("kernel", nn.initializers.normal(0.001),
-                   (x.shape[-1], self.num_classes), jnp.float32)
+                   (x.shape[-1], columns), jnp.float32)
     if self.cosine_scale is None:
-      return jnp.dot(x.astype(self.dtype), w.astype(self.dtype)).astype(jnp.float32)
-    xn = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
-    wn = w / jnp.maximum(jnp.linalg.norm(w, axis=0, keepdims=True), 1e-6)
-    return self.cosine_scale * jnp.dot(xn.astype(self.dtype), wn.astype(self.dtype)
-                                       ).astype(jnp.float32)
+      logits = jnp.dot(x.astype(self.dtype), w.astype(self.dtype)).astype(jnp.float32)
+    else:
+      xn = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+      wn = w / jnp.maximum(jnp.linalg.norm(w, axis=0, keepdims=True), 1e-6)
+      logits = self.cosine_scale * jnp.dot(xn.astype(self.dtype), wn.astype(self.dtype)
+                                           ).astype(jnp.float32)
+    if columns > self.num_classes:
+      logits = jnp.where(jnp.arange(columns) < self.num_classes, logits, -1e9)
+    return logits
 
 
 def build(cfg) -> CopyDetector:
@@ -163,7 +244,8 @@ def build(cfg) -> CopyDetector:
       variant=cfg.variant, width=cfg.width, last_stride=cfg.last_stride,
       projector_dims=tuple(cfg.projector_dims),
       descriptor_dim=cfg.descriptor_dim, gate_feature=cfg.gate_feature,
-      dtype=jnp.dtype(cfg.dtype))
+      dtype=jnp.dtype(cfg.dtype), bn_groups=cfg.get("bn_groups", 1),
+      wave_block=cfg.get("wave_block", False), wave_chunk=cfg.get("wave_chunk", 32))
 
 
 def images_to_input(images: jax.Array) -> jax.Array:

@@ -1,0 +1,74 @@
+"""The paper recipe's model parts: ghost BatchNorm, WaveBlock and the padded
+(class-shardable) classifier, against direct computations."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from asl_jax import losses
+from asl_jax.models import resnet
+
+
+def test_ghost_batchnorm_equals_batchnorm_per_group():
+  x = jax.random.normal(jax.random.key(0), (12, 3, 3, 5)) * 2 + 1
+  ghost = resnet.GhostBatchNorm(groups=3, use_running_average=False)
+  variables = ghost.init(jax.random.key(1), x)
+  y, updated = ghost.apply(variables, x, mutable=["batch_stats"])
+  plain = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
+  means, variances = [], []
+  for g in range(3):
+    part = x[4 * g: 4 * (g + 1)]
+    pv = plain.init(jax.random.key(1), part)
+    yg, st = plain.apply(pv, part, mutable=["batch_stats"])
+    np.testing.assert_allclose(y[4 * g: 4 * (g + 1)], yg, rtol=1e-5, atol=1e-5)
+    means.append(st["batch_stats"]["mean"])
+    variances.append(st["batch_stats"]["var"])
+  np.testing.assert_allclose(updated["batch_stats"]["mean"], np.mean(means, 0), rtol=1e-5)
+  np.testing.assert_allclose(updated["batch_stats"]["var"], np.mean(variances, 0), rtol=1e-5)
+  # At evaluation the running statistics are used, as nn.BatchNorm does.
+  stats = {"mean": jnp.arange(5.0), "var": jnp.arange(1.0, 6.0)}
+  params = variables["params"]
+  y_eval = resnet.GhostBatchNorm(groups=3, use_running_average=True).apply(
+      {"params": params, "batch_stats": stats}, x)
+  np.testing.assert_allclose(y_eval, (x - stats["mean"]) / np.sqrt(stats["var"] + 1e-5),
+                             rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="must divide the batch"):
+    ghost.apply(variables, x[:10], mutable=["batch_stats"])
+
+
+def test_waveblock_scales_all_rows_but_one_band_per_chunk():
+  x = jnp.ones((8, 20, 4, 2))
+  block = resnet.WaveBlock(chunk=4)
+  y = np.asarray(block.apply({}, x, True, rngs={"wave": jax.random.key(3)}))
+  rows = y[:, :, 0, 0]
+  assert set(np.unique(rows)) <= {1.0, 1.5}
+  kept = rows == 1.0
+  assert (kept.sum(1) == 6).all()  # round(0.3 * 20) rows keep their values.
+  for b in range(8):  # One contiguous band...
+    idx = np.flatnonzero(kept[b])
+    assert (np.diff(idx) == 1).all()
+  assert (rows[0] == rows[1]).all() and (rows[4] == rows[7]).all()  # ...shared per chunk.
+  many = np.asarray(block.apply({}, jnp.ones((400, 20, 1, 1)), True,
+                                rngs={"wave": jax.random.key(4)}))[:, :, 0, 0]
+  assert len({int(np.flatnonzero(r == 1.0)[0]) for r in many[::4]}) > 5  # Bands vary.
+  np.testing.assert_array_equal(block.apply({}, x, False), x)  # Identity at evaluation.
+
+
+def test_padded_classifier_gives_the_unpadded_loss():
+  x = jax.random.normal(jax.random.key(0), (6, 8))
+  labels = jnp.array([0, 1, 4, 2, 4, 3])
+  plain = resnet.Classifier(5)
+  padded = resnet.Classifier(5, padded_classes=8)
+  params = plain.init(jax.random.key(1), x)
+  wide = {"params": {"kernel": jnp.pad(params["params"]["kernel"], ((0, 0), (0, 3)),
+                                       constant_values=0.3)}}
+  logits = padded.apply(wide, x)
+  assert logits.shape == (6, 8) and (logits[:, 5:] == -1e9).all()
+  want = losses.label_smoothed_cross_entropy(plain.apply(params, x), labels, 0.1)
+  got = losses.label_smoothed_cross_entropy(logits, labels, 0.1, num_classes=5)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  grad = jax.grad(lambda p: losses.label_smoothed_cross_entropy(
+      padded.apply(p, x), labels, 0.1, num_classes=5))(wide)["params"]["kernel"]
+  assert np.abs(grad[:, 5:]).max() == 0  # Padding columns never learn.

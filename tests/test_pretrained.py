@@ -1,0 +1,160 @@
+"""Pretrained initialisation: a random torchvision-format ResNet built with
+torch is saved as .pth and as .safetensors, loaded into the Flax model, and
+the two forward passes (trunk + GeM) agree to 1e-4 in float32."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch (a test dependency, CPU build) is "
+                            "not installed: pip install -e '.[test]'")
+from torch import nn  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from asl_jax.errors import UserError  # noqa: E402
+from asl_jax.models import pretrained, resnet  # noqa: E402
+
+
+# ------------------------------------ torchvision's ResNet, same tensor names --
+class BasicBlock(nn.Module):
+  expansion = 1
+
+  def __init__(self, cin, width, stride):
+    super().__init__()
+    self.conv1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(width)
+    self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(width)
+    self.relu = nn.ReLU()
+    self.downsample = None
+    if stride != 1 or cin != width:
+      self.downsample = nn.Sequential(nn.Conv2d(cin, width, 1, stride, bias=False),
+                                      nn.BatchNorm2d(width))
+
+  def forward(self, x):
+    y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+    return self.relu(y + (self.downsample(x) if self.downsample is not None else x))
+
+
+class Bottleneck(nn.Module):
+  expansion = 4
+
+  def __init__(self, cin, width, stride):
+    super().__init__()
+    self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(width)
+    self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(width)
+    self.conv3 = nn.Conv2d(width, width * 4, 1, bias=False)
+    self.bn3 = nn.BatchNorm2d(width * 4)
+    self.relu = nn.ReLU()
+    self.downsample = None
+    if stride != 1 or cin != width * 4:
+      self.downsample = nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride, bias=False),
+                                      nn.BatchNorm2d(width * 4))
+
+  def forward(self, x):
+    y = self.relu(self.bn1(self.conv1(x)))
+    y = self.relu(self.bn2(self.conv2(y)))
+    y = self.bn3(self.conv3(y))
+    return self.relu(y + (self.downsample(x) if self.downsample is not None else x))
+
+
+class TorchResNet(nn.Module):
+  def __init__(self, block, layers, last_stride=1, width=64):
+    super().__init__()
+    self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+    self.bn1 = nn.BatchNorm2d(width)
+    self.relu = nn.ReLU()
+    self.maxpool = nn.MaxPool2d(3, 2, 1)
+    cin = width
+    for i, n in enumerate(layers):
+      blocks = []
+      for j in range(n):
+        stride = (1, 2, 2, last_stride)[i] if j == 0 else 1
+        blocks.append(block(cin, width * 2 ** i, stride))
+        cin = width * 2 ** i * block.expansion
+      setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+    self.fc = nn.Linear(cin, 1000)
+
+  def forward(self, x):  # Trunk + GeM(p=3), as CopyDetector's `pooled`.
+    x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+    x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    return x.clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1 / 3)
+
+
+def random_torch_resnet(block, layers, last_stride, width):
+  torch.manual_seed(0)
+  net = TorchResNet(block, layers, last_stride, width)
+  with torch.no_grad():  # Non-trivial BN statistics and affine parameters.
+    for m in net.modules():
+      if isinstance(m, nn.BatchNorm2d):
+        m.running_mean.uniform_(-0.2, 0.2)
+        m.running_var.uniform_(0.5, 1.5)
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.uniform_(-0.2, 0.2)
+  return net.eval()
+
+
+def flax_model(variant, last_stride, width):
+  return resnet.CopyDetector(variant=variant, width=width, last_stride=last_stride,
+                             projector_dims=(32, 64), descriptor_dim=16)
+
+
+@pytest.mark.parametrize("variant, block, layers, last_stride, fmt", [
+    ("r18", BasicBlock, (2, 2, 2, 2), 1, "pth"),
+    ("r50", Bottleneck, (3, 4, 6, 3), 1, "pth"),
+    ("r50", Bottleneck, (3, 4, 6, 3), 2, "safetensors"),
+])
+def test_flax_forward_matches_torch(tmp_path, variant, block, layers, last_stride, fmt):
+  width = 16 if variant == "r50" else 32
+  net = random_torch_resnet(block, layers, last_stride, width)
+  path = str(tmp_path / f"resnet.{fmt}")
+  if fmt == "pth":
+    torch.save({"state_dict": {"module." + k: v for k, v in net.state_dict().items()}}, path)
+  else:
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path)
+  model = flax_model(variant, last_stride, width)
+  images = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
+  variables = model.init(jax.random.key(1), jnp.asarray(images))
+  params, stats, report = pretrained.load_into(
+      variables["params"], variables["batch_stats"], pretrained.read_state_dict(path))
+  assert len(report.loaded) == sum(1 for k in net.state_dict()
+                                   if not k.startswith("fc") and "num_batches" not in k)
+  assert {"fc.weight", "fc.bias"} <= set(report.ignored)
+  assert not report.missing and not report.mismatched and not report.unused
+  assert {p[0] for p in report.new} == {"gem", "proj_fc1", "proj_bn1", "proj_fc2",
+                                        "proj_bn2", "desc_bn1", "desc_fc", "desc_bn2"}
+  ours = model.apply({"params": params, "batch_stats": stats}, jnp.asarray(images))["pooled"]
+  with torch.no_grad():
+    theirs = net(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+  ours = np.asarray(ours)
+  assert ours.shape == theirs.shape == (2, width * 8 * block.expansion)
+  rel = np.abs(ours - theirs).max() / np.abs(theirs).max()
+  assert rel < 1e-4, rel
+
+
+def test_wrong_variant_is_an_error_unless_allowed(tmp_path):
+  net = random_torch_resnet(BasicBlock, (2, 2, 2, 2), 1, 16)
+  path = str(tmp_path / "r18.pth")
+  torch.save(net.state_dict(), path)
+  model = flax_model("r50", 1, 16)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  state_dict = pretrained.read_state_dict(path)
+  with pytest.raises(UserError, match=r"missing from the file.*mismatched shapes.*"
+                     r"model.init_strict=False"):
+    pretrained.load_into(variables["params"], variables["batch_stats"], state_dict)
+  _, _, report = pretrained.load_into(variables["params"], variables["batch_stats"],
+                                      state_dict, strict=False)
+  assert report.loaded and report.missing and report.mismatched
+
+
+def test_checkpoint_with_code_is_refused(tmp_path):
+  path = str(tmp_path / "evil.pth")
+  torch.save({"conv1.weight": torch.zeros(1), "extra": np.random.default_rng()}, path)
+  with pytest.raises(UserError, match="only tensors"):
+    pretrained.read_state_dict(path)
+  with pytest.raises(UserError, match="no such file"):
+    pretrained.read_state_dict(str(tmp_path / "missing.pth"))
