@@ -137,8 +137,8 @@ def train_dataset(train_source, pairs_source, cfg, *, seed: int,
     pairs = pairs.batch(pair_slots // 2, drop_remainder=True)
     n = min(len(ds), len(pairs))  # Both endless; zip needs equal lengths.
     ds = grain.experimental.ZipMapDataset([ds[:n], pairs[:n]]).map(MergePairs())
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.num_threads,
-                                            prefetch_buffer_size=4))
+  it = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=cfg.num_threads, prefetch_buffer_size=max(4, cfg.num_threads)))
   if cfg.num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=cfg.num_workers, per_worker_buffer_size=2))

@@ -80,6 +80,17 @@ def main(argv):
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     _fail(str(e))
+  except jax.errors.JaxRuntimeError as e:
+    if "out of memory" not in str(e).lower() and "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    size = re.search(r"allocating (\d+) bytes", str(e))
+    amount = f" allocating {int(size.group(1)) / 1e9:.1f} GB" if size else ""
+    _fail(f"The device ran out of memory{amount} ({jax.devices()[0].device_kind}). "
+          "Lower the batch "
+          "(--config.data.ids_per_batch, data.views_per_id), the input size "
+          "(--config.data.image_size) or the model (--config.model.variant), use "
+          "--config.model.dtype=bfloat16 on accelerators, or spread the batch over more "
+          "devices. Checkpoints already written are kept.")
   except train.Preempted as e:
     print(str(e), file=sys.stderr, flush=True)
     sys.exit(143)  # 128 + SIGTERM, as if the signal had ended the process.

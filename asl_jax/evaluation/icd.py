@@ -66,7 +66,10 @@ def embed_split(embed_fn, state, source, image_size, batch_size, mesh,
   """(descriptors [n, d], gate norms [n]) for every record of a split."""
   n = len(source)
   processes = jax.process_count()
-  batch_size = max(batch_size // jax.device_count(), 1) * jax.device_count()
+  devices = jax.device_count()
+  # Whole device multiples, and no bigger than the split needs (a small split
+  # would otherwise be padded up to a full evaluation batch).
+  batch_size = max(min(batch_size, -(-n // devices) * devices) // devices, 1) * devices
   plan = _plan(n, batch_size, jax.process_index(), processes)
   ds = grain.MapDataset.source(plan).map(_LoadForEval(source, image_size))
   ds = ds.batch(batch_size // processes).to_iter_dataset(
