@@ -11,6 +11,12 @@ echo "== 1. paper recipe throughput (R50, 256px, bf16, 100k-way head, norm-ratio
 python benchmarks/train_throughput.py --config configs/asl.py:ndec --batch_ids 32,64 --steps 20 \
   2>&1 | grep -v "^W\|^I" | tee "$out/throughput.txt"
 fi
+echo "== 1b. paper recipe end to end on a fake NDEC download (ndec/full, 20 steps)"
+python -m tfds_ndec.fake_layout /tmp/ndec_fake --num_train 512 --num_references 200 \
+  --num_queries 100 --num_copies 50 --num_pairs 32 --width 640 --height 480 --sharded >/dev/null
+/usr/bin/time -v python -m asl_jax.main --config configs/asl.py:ndec --workdir /tmp/runs/ndec_fake \
+  --config.train.total_steps=20 --config.train.log_every=5 --config.data.manual_dir=/tmp/ndec_fake \
+  --config.data.num_workers=8 2>&1 | grep -v "^W1\|^I1" | grep -v "^\s" | tee "$out/ndec_fake_gpu.txt"
 echo "== 2. default demo on GPU"
 /usr/bin/time -v python -m asl_jax.main --config configs/asl.py --workdir /tmp/runs/demo \
   --config.data.synthetic.num_workers=16 --config.data.num_workers=8 2>&1 \
