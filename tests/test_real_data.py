@@ -251,3 +251,35 @@ def test_beam_direct_runner_prepares_the_same_data(tmp_path):
   assert builder.info.metadata["num_skipped_images"] == 1
   assert json.dumps(builder.info.metadata["skipped_images"]) == json.dumps(
       local.info.metadata["skipped_images"])
+
+
+def test_killed_prepare_resumes_and_reads_back_exactly(tmp_path):
+  """SIGKILL in the middle of preparing (no chance to clean up), then the
+  same command again: it reuses the finished shards, writes the rest, and
+  the dataset holds every image exactly once."""
+  import signal
+  import time
+  layout = fake_layout.FakeLayout(**{**SMALL.__dict__, "num_train": 80, "width": 480,
+                                     "height": 360})
+  fake_layout.write(str(tmp_path / "manual"), layout)
+  cmd = [sys.executable, "-m", "tfds_ndec.prepare", "full", "--manual_dir",
+         str(tmp_path / "manual"), "--data_dir", str(tmp_path / "data"), "--workers", "1",
+         "--max_shard_examples", "2"]
+  work = tmp_path / "data/downloads/ndec_prepare/full-1.1.0"
+  p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  while time.time() < deadline and not (
+      work.exists() and len([f for f in work.iterdir() if f.name.endswith(".json")]) >= 3):
+    time.sleep(0.01)
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  finished = len([f for f in work.iterdir() if f.name.endswith(".json")])
+  assert 3 <= finished < 40 + 2 + 5 + 3  # Killed part-way through the 50 shards.
+  assert not (tmp_path / "data/ndec/full/1.1.0/dataset_info.json").exists()
+  r = subprocess.run(cmd, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert f"resuming: {finished} of 50 shards" in r.stdout
+  b = tfds.builder("ndec/full", data_dir=str(tmp_path / "data"))
+  ids = column(b.as_data_source(split="train"), "id")
+  assert ids == [f"T{i:06d}" for i in range(80)]
+  assert not work.exists()

@@ -146,7 +146,7 @@ class Builder(tfds.core.ShardBasedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
 
   def __init__(self, *, num_workers: int = 1, skip_bad_images: bool = False,
-               config=None, **kwargs):
+               max_shard_examples: int = 0, config=None, **kwargs):
     """num_workers: processes writing shards (0 = one per core). More than
     one uses spawned processes, which re-import the main module: call it from
     a module run with `python -m` or a script guarded by
@@ -154,6 +154,9 @@ class Builder(tfds.core.ShardBasedBuilder):
 
     skip_bad_images: leave out source images that cannot be decoded (listed
     in `info.metadata['skipped_images']`) instead of stopping at the first.
+
+    max_shard_examples: images per shard of real data (0: up to 4,096 and
+    256 MiB of source files). Smaller shards spread better over many workers.
     """
     if isinstance(config, NdecConfig):
       # An equal copy of a registered config (e.g. after unpickling in a
@@ -165,6 +168,7 @@ class Builder(tfds.core.ShardBasedBuilder):
     super().__init__(config=config, **kwargs)
     self.num_workers = num_workers
     self.skip_bad_images = skip_bad_images
+    self.max_shard_examples = max_shard_examples
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -194,7 +198,8 @@ class Builder(tfds.core.ShardBasedBuilder):
     encoding = manual.Encoding(config.max_side, config.jpeg_quality)
     return {split: [shards.RealShard(manual_dir, split, group, encoding,
                                      self.skip_bad_images)
-                    for group in shards.plan_real(split_items, _source_bytes)]
+                    for group in shards.plan_real(split_items, _source_bytes,
+                                                      max_examples=self.max_shard_examples)]
             for split, split_items in items.items()}
 
   def _manual_dir(self, dl_manager) -> str:

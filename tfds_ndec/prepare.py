@@ -39,6 +39,8 @@ def main(argv=None) -> int:
   p.add_argument("--jpeg_quality", type=int, default=90)
   p.add_argument("--skip_bad_images", action="store_true",
                  help="Leave out unreadable images and list them in the metadata.")
+  p.add_argument("--max_shard_examples", type=int, default=0,
+                 help="Images per shard (0: up to 4096 and 256 MiB of source files).")
   p.add_argument("--file_format", default="array_record", choices=["array_record", "tfrecord"],
                  help="tfrecord (needs TensorFlow) is what tfds.load reads.")
   p.add_argument("--beam_runner", default="",
@@ -50,7 +52,8 @@ def main(argv=None) -> int:
   config = tfds_ndec.real_config(args.source, args.max_side, args.jpeg_quality)
   builder = tfds_ndec.Builder(config=config, data_dir=os.path.expanduser(args.data_dir),
                               file_format=args.file_format, num_workers=args.workers,
-                              skip_bad_images=args.skip_bad_images)
+                              skip_bad_images=args.skip_bad_images,
+                              max_shard_examples=args.max_shard_examples)
   download_config = tfds.download.DownloadConfig(
       manual_dir=os.path.expanduser(args.manual_dir))
   if args.beam_runner:
