@@ -31,6 +31,8 @@ def fingerprint(config) -> dict:
       "data.views_per_id": d.views_per_id,
       "data.pair_ids_per_batch": d.pair_ids_per_batch,
       "data.synthetic": json.loads(d.synthetic.to_json()) if d.name == "ndec/synthetic" else None,
+      # Only when set, so that checkpoints from before the field still match.
+      **({"data.train_every": d.train_every} if d.get("train_every", 1) != 1 else {}),
   }
 
 

@@ -41,6 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d.manual_dir = ""               # Real data download; '' -> <data_dir>/downloads/manual.
   d.prepare_workers = 0           # Processes preparing real data; 0 = one per core.
   d.skip_bad_images = False       # Skip unreadable source images (listed in metadata).
+  d.train_every = 1               # Train on every n-th training image (10 in BoT/D²LV).
   d.ids_per_batch = 32            # N identities per batch (global).
   d.views_per_id = 4              # K views per identity (view 0 = original).
   d.pair_ids_per_batch = 8        # Of the N, identities from NDEC pairs (even).
@@ -122,6 +123,7 @@ def _paper_recipe(c, asl: bool):
   """BoT-style ResNet-50 + ASL on NDEC (method.md §3): 32 ids x 4 views of
   256^2, projector 2048->4096->8192, Adam 3.5e-4, 10 CE + 1 soft triplet."""
   c.data.name = "ndec/full"
+  c.data.train_every = 10         # 100,000 identities of DISC21's 1M, as BoT/D²LV.
   c.data.image_size = 256
   c.data.pair_ids_per_batch = 0
   c.data.num_threads = 16

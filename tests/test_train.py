@@ -280,3 +280,12 @@ def test_sigterm_checkpoints_and_resumes_and_events_are_readable(tiny_builder, d
   for step, tag, value in scalars:
     if tag == "loss/total":
       assert value == pytest.approx(jsonl[step], rel=1e-6)
+
+
+def test_every_nth_training_image():
+  sub = data.EveryNth(list(range(25)), 10)
+  assert len(sub) == 3 and [sub[i] for i in range(3)] == [0, 10, 20]
+  with pytest.raises(IndexError):
+    sub[3]
+  with pytest.raises(UserError, match="train_every=0"):
+    data.EveryNth([], 0)
