@@ -45,17 +45,16 @@ def builder(cfg, name: str | None = None) -> tfds.core.DatasetBuilder:
                              num_workers=cfg.synthetic.num_workers)
   if name.startswith("ndec/"):
     known = [c.name for c in tfds_ndec.Builder.BUILDER_CONFIGS]
-    custom = _REAL_NAME.fullmatch(name)
-    if name.split("/")[1] in known:
-      config = name.split("/")[1]
-    elif custom and custom.group(2):
+    config = name.split("/")[1]
+    if config not in known:
+      custom = _REAL_NAME.fullmatch(name)
+      if not (custom and custom.group(2)):
+        raise UserError(
+            f"config.data.name={name!r} is not a config of the ndec dataset. "
+            f"Known: {', '.join('ndec/' + k for k in known)}, or "
+            "ndec/full_<max side>_q<JPEG quality> (e.g. ndec/full_384_q85).")
       config = tfds_ndec.real_config(custom.group(1), int(custom.group(2)),
                                      int(custom.group(3)))
-    else:
-      raise UserError(
-          f"config.data.name={name!r} is not a config of the ndec dataset. "
-          f"Known: {', '.join('ndec/' + k for k in known)}, or "
-          "ndec/full_<max side>_q<JPEG quality> (e.g. ndec/full_384_q85).")
     return tfds_ndec.Builder(config=config, data_dir=data_dir(cfg),
                              file_format="array_record",
                              num_workers=cfg.prepare_workers,

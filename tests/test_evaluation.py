@@ -197,12 +197,16 @@ def _cli(*args):
                         capture_output=True, text=True, timeout=300)
 
 
+def _cli_on_csvs(tmp_path, predictions: str, ground_truth: str):
+  (tmp_path / "p.csv").write_text(predictions)
+  (tmp_path / "gt.csv").write_text(ground_truth)
+  return _cli("--predictions", str(tmp_path / "p.csv"), "--ground_truth",
+              str(tmp_path / "gt.csv"))
+
+
 def test_cli_predictions(tmp_path):
-  gt = tmp_path / "gt.csv"
-  gt.write_text("query_id,reference_id\nQ1,R1\nQ2,R2\nQ3,R3\nQ4,R4\nQ5,\n")
-  p = tmp_path / "p.csv"
-  p.write_text("Q1,R1,.95\nQ2,R2,.9\nQ3,R3,.8\nQ5,R7,.7\nQ4,R4,.6\n")
-  r = _cli("--predictions", str(p), "--ground_truth", str(gt))
+  r = _cli_on_csvs(tmp_path, "Q1,R1,.95\nQ2,R2,.9\nQ3,R3,.8\nQ5,R7,.7\nQ4,R4,.6\n",
+                   "query_id,reference_id\nQ1,R1\nQ2,R2\nQ3,R3\nQ4,R4\nQ5,\n")
   assert r.returncode == 0, r.stderr
   out = json.loads(r.stdout)
   assert out["micro_ap"] == pytest.approx(0.95)
@@ -212,11 +216,8 @@ def test_cli_predictions(tmp_path):
 
 
 def test_cli_malformed_file_exits_nonzero_naming_the_line(tmp_path):
-  gt = tmp_path / "gt.csv"
-  gt.write_text("Q1,R1\n")
-  p = tmp_path / "p.csv"
-  p.write_text("query_id,reference_id,score\nQ1,R1,0.4\nQ1,R1,0.3\n")
-  r = _cli("--predictions", str(p), "--ground_truth", str(gt))
+  r = _cli_on_csvs(tmp_path, "query_id,reference_id,score\nQ1,R1,0.4\nQ1,R1,0.3\n",
+                   "Q1,R1\n")
   assert r.returncode == 2
   assert "line 3: duplicate pair Q1,R1" in r.stderr and "Traceback" not in r.stderr
 

@@ -289,3 +289,12 @@ def test_every_nth_training_image():
     sub[3]
   with pytest.raises(UserError, match="train_every=0"):
     data.EveryNth([], 0)
+
+
+def test_real_config_names(tmp_path):
+  c = tiny_config(str(tmp_path)).data
+  assert data.builder(c, "ndec/full_384_q85").builder_config.name == "full_384_q85"
+  assert data.builder(c, "ndec/full_384_q85").builder_config.max_side == 384
+  assert data.builder(c, "ndec/disc21_dev_512").builder_config.max_side == 512
+  with pytest.raises(UserError, match="not a config of the ndec dataset"):
+    data.builder(c, "ndec/fulll")

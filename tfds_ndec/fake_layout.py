@@ -11,11 +11,12 @@ photos' (about 60-90 kB at 640x480, quality 90), not like flat test patterns.
 
 import argparse
 import dataclasses
-import io
 import os
 
 import numpy as np
 from PIL import Image
+
+from tfds_ndec import manual
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,13 +51,11 @@ def texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
   return np.clip(smooth, 0, 255).astype(np.uint8)
 
 
-def _save(path: str, image: np.ndarray, quality: int = 90):
+def _save(path: str, image: np.ndarray):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fmt = "PNG" if path.lower().endswith(".png") else "JPEG"
-  buf = io.BytesIO()
-  Image.fromarray(image).save(buf, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
   with open(path, "wb") as f:
-    f.write(buf.getvalue())
+    f.write(manual.encode(Image.fromarray(image), fmt, 90))
 
 
 def _folder(layout: FakeLayout, name: str, index: int) -> str:

@@ -328,17 +328,18 @@ def load_image(path: str, encoding: Encoding) -> bytes:
         size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
         im.draft("RGB", size)  # JPEG: decode at a reduced scale when possible.
         out = im.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-        return _encode(out, "JPEG", encoding.jpeg_quality)
+        return encode(out, "JPEG", encoding.jpeg_quality)
       im.load()
       if fmt in ("JPEG", "PNG") and im.mode == "RGB":
         return data
-      return _encode(im.convert("RGB"), "JPEG" if fmt == "JPEG" else "PNG",
-                     encoding.jpeg_quality)
+      return encode(im.convert("RGB"), "JPEG" if fmt == "JPEG" else "PNG",
+                    encoding.jpeg_quality)
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
     raise BadImageError(f"{path}: {type(e).__name__}: {e}") from None
 
 
-def _encode(im: Image.Image, fmt: str, quality: int) -> bytes:
+def encode(im: Image.Image, fmt: str, quality: int = 90) -> bytes:
+  """A PIL image as JPEG (of `quality`) or PNG bytes."""
   buf = io.BytesIO()
   if fmt == "JPEG":
     im.save(buf, format="JPEG", quality=quality)

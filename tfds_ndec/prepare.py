@@ -54,13 +54,14 @@ def main(argv=None) -> int:
                               file_format=args.file_format, num_workers=args.workers,
                               skip_bad_images=args.skip_bad_images,
                               max_shard_examples=args.max_shard_examples)
-  download_config = tfds.download.DownloadConfig(
-      manual_dir=os.path.expanduser(args.manual_dir))
+  beam = {}
   if args.beam_runner:
-    import apache_beam as beam
-    download_config = tfds.download.DownloadConfig(
-        manual_dir=os.path.expanduser(args.manual_dir), beam_runner=args.beam_runner,
-        beam_options=beam.options.pipeline_options.PipelineOptions(args.beam_options.split()))
+    import apache_beam
+    beam = dict(beam_runner=args.beam_runner,
+                beam_options=apache_beam.options.pipeline_options.PipelineOptions(
+                    args.beam_options.split()))
+  download_config = tfds.download.DownloadConfig(
+      manual_dir=os.path.expanduser(args.manual_dir), **beam)
   t0 = time.time()
   try:
     builder.download_and_prepare(download_config=download_config)

@@ -22,6 +22,7 @@ import collections
 import dataclasses
 import io
 import json
+import os
 import pickle
 import re
 import struct
@@ -41,6 +42,7 @@ _TORCH_DTYPES = {
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16,
                        "BF16": "bfloat16", "I64": np.int64, "I32": np.int32,
                        "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_TRUNK = re.compile(r"conv1|bn1|layer\d_\d+")  # Top-level Flax scopes of the trunk.
 IGNORED = re.compile(r"(fc|head\.fc|classifier)\.(weight|bias)|.*num_batches_tracked")
 
 
@@ -127,7 +129,6 @@ def read_safetensors(path: str) -> dict:
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """name -> float32 array, from a .pth/.pt or .safetensors file."""
-  import os
   if not os.path.isfile(path):
     raise UserError(f"model.init_from={path!r}: no such file. Give the path of a "
                     "torchvision-format .pth/.pt or a timm .safetensors checkpoint.")
@@ -177,15 +178,9 @@ def _get(tree, path):
   return tree
 
 
-def _trunk_leaves(params, batch_stats):
-  """Flax paths of the trunk (what a torchvision ResNet file should hold)."""
-  out = []
-  for collection, tree in (("params", params), ("batch_stats", batch_stats)):
-    for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
-      keys = tuple(k.key for k in path)
-      if re.fullmatch(r"conv1|bn1|layer\d_\d+", keys[0]):
-        out.append((collection, keys))
-  return out
+def _leaf_paths(tree) -> list[tuple[str, ...]]:
+  return [tuple(k.key for k in path)
+          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 @dataclasses.dataclass
@@ -232,10 +227,11 @@ def load_into(params: dict, batch_stats: dict, state_dict: dict, strict: bool = 
     parent[target[1][-1]] = value.astype(leaf.dtype)
     loaded.append(name)
     seen.add(target)
-  trunk = _trunk_leaves(params, batch_stats)
+  # The trunk is what a torchvision ResNet file holds; the rest is new.
+  trunk = [(c, p) for c, tree in trees.items() for p in _leaf_paths(tree)
+           if _TRUNK.fullmatch(p[0])]
   missing = ["/".join((c,) + p) for c, p in trunk if (c, p) not in seen]
-  new = [p[1] for p in (("params", k) for k in _all_paths(params))
-         if not re.fullmatch(r"conv1|bn1|layer\d_\d+", p[1][0])]
+  new = [p for p in _leaf_paths(params) if not _TRUNK.fullmatch(p[0])]
   report = LoadReport(loaded, new, ignored, missing, mismatched, unused)
   problems = [(report.missing, "model tensors missing from the file"),
               (report.mismatched, "tensors with mismatched shapes"),
@@ -249,10 +245,3 @@ def load_into(params: dict, batch_stats: dict, state_dict: dict, strict: bool = 
         "architecture, or set model.init_strict=False to load what fits.")
   return params, batch_stats, report
 
-
-def _all_paths(tree, prefix=()):
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      yield from _all_paths(v, prefix + (k,))
-    else:
-      yield prefix + (k,)
