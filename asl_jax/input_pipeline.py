@@ -8,7 +8,10 @@ Training batches hold N identities x K views, id-major (method.md §3.4):
 
 View 0 of each identity is the whole source image (information amount 1),
 as in the baselines' generated sets; views 1..K-1 are a random crop of
-`crop_area` of the image, resized, then the copy-edit chain. Hard-negative
+`crop_area` of the image, resized, then the copy-edit chain; its
+`paste_onto` edit pastes the view onto another training image (as DISC21's
+overlays onto other photos), so that the model meets the same kind of
+background as in the queries. Hard-negative
 training pairs (NDEC) can take some of the N identity slots: each pair member
 is its own identity and both members sit side by side in the same batch.
 """
@@ -30,9 +33,28 @@ class ViewSpec:
   edit_probabilities: tuple[tuple[str, float], ...]  # Hashable for pickling.
 
 
-def make_views(image: np.ndarray, rng: np.random.Generator,
-               spec: ViewSpec) -> tuple[np.ndarray, np.ndarray]:
-  """K views of one image and their information amounts."""
+class Backgrounds:
+  """Random other images of a source, to paste views onto (`paste_onto`)."""
+
+  def __init__(self, source):
+    if len(source) < 2:
+      raise ValueError("Pasting onto other training images needs at least 2 of them; "
+                       "set data.paste_backgrounds='synthetic'.")
+    self.source = source
+
+  def __call__(self, rng: np.random.Generator, exclude: int = -1) -> np.ndarray:
+    i = int(rng.integers(len(self.source) - 1))
+    i += i >= exclude >= 0  # Never the image itself.
+    record = self.source[i]
+    return decode_image(record["image"], record)
+
+
+def make_views(image: np.ndarray, rng: np.random.Generator, spec: ViewSpec,
+               background_fn=None) -> tuple[np.ndarray, np.ndarray]:
+  """K views of one image and their information amounts.
+
+  background_fn: rng -> image for `paste_onto` (None: synthetic gradients).
+  """
   size = (spec.image_size, spec.image_size)
   probabilities = dict(spec.edit_probabilities)
   views = [copy_edits.resize(image, size)]
@@ -40,7 +62,7 @@ def make_views(image: np.ndarray, rng: np.random.Generator,
   for _ in range(spec.num_views - 1):
     cropped, amount = copy_edits.crop(image, rng, spec.crop_area)
     edited = copy_edits.copy_edit_chain(copy_edits.resize(cropped, size), rng,
-                                        probabilities)
+                                        probabilities, background_fn=background_fn)
     views.append(copy_edits.resize(edited.image, size))
     amounts.append(amount * edited.information_amount)
   return np.stack(views), np.asarray(amounts, np.float32)
@@ -56,15 +78,21 @@ class AddLabel(grain.transforms.MapWithIndex):
     return {**record, "label": np.int32(index + self.offset)}
 
 
+def _background_fn(backgrounds: Backgrounds | None, exclude: int):
+  if backgrounds is None:
+    return None
+  return lambda rng: backgrounds(rng, exclude)
+
+
 class TrainViews(grain.transforms.RandomMap):
   """One training image -> its K views."""
 
-  def __init__(self, spec: ViewSpec):
-    self.spec = spec
+  def __init__(self, spec: ViewSpec, backgrounds: Backgrounds | None = None):
+    self.spec, self.backgrounds = spec, backgrounds
 
   def random_map(self, record, rng):
     views, amounts = make_views(decode_image(record["image"], record), rng,
-                                self.spec)
+                                self.spec, _background_fn(self.backgrounds, record["label"]))
     return {"views": views, "information_amount": amounts,
             "label": record["label"]}
 
@@ -72,13 +100,14 @@ class TrainViews(grain.transforms.RandomMap):
 class PairViews(grain.transforms.RandomMap):
   """One hard-negative pair -> two identities (labels 2i and 2i+1 + offset)."""
 
-  def __init__(self, spec: ViewSpec, offset: int):
-    self.spec, self.offset = spec, offset
+  def __init__(self, spec: ViewSpec, offset: int, backgrounds: Backgrounds | None = None):
+    self.spec, self.offset, self.backgrounds = spec, offset, backgrounds
 
   def random_map(self, record, rng):
     partner = record["partner"]
-    a = make_views(decode_image(record["image"], record), rng, self.spec)
-    b = make_views(decode_image(partner["image"], partner), rng, self.spec)
+    background_fn = _background_fn(self.backgrounds, -1)
+    a = make_views(decode_image(record["image"], record), rng, self.spec, background_fn)
+    b = make_views(decode_image(partner["image"], partner), rng, self.spec, background_fn)
     label = self.offset + 2 * record["label"]
     return {"views": np.stack([a[0], b[0]]),
             "information_amount": np.stack([a[1], b[1]]),
@@ -109,7 +138,8 @@ def train_dataset(train_source, pairs_source, cfg, *, seed: int,
     train_source: random-access source of the `train` split.
     pairs_source: source of `train_negative_pairs`, or None.
     cfg: `config.data` (ids_per_batch, views_per_id, image_size, crop_area,
-      train_edits, pair_ids_per_batch, num_threads, num_workers).
+      train_edits, paste_backgrounds, pair_ids_per_batch, num_threads,
+      num_workers).
     seed: shuffling and augmentation seed.
     process_index, process_count: this host's shard of the data.
   """
@@ -125,15 +155,20 @@ def train_dataset(train_source, pairs_source, cfg, *, seed: int,
         f"{cfg.ids_per_batch} identities over {process_count} processes.")
   spec = ViewSpec(cfg.views_per_id, cfg.image_size, tuple(cfg.crop_area),
                   tuple(sorted(cfg.train_edits.items())))
+  paste = cfg.get("paste_backgrounds", "train")
+  if paste not in ("train", "synthetic"):
+    raise ValueError(f"data.paste_backgrounds must be 'train' (other training images) or "
+                     f"'synthetic' (generated gradients), got {paste!r}.")
+  backgrounds = Backgrounds(train_source) if paste == "train" else None
   ds = grain.MapDataset.source(train_source).map_with_index(AddLabel())
   ds = ds[process_index::process_count].shuffle(seed=seed).repeat(None)
-  ds = ds.random_map(TrainViews(spec), seed=seed)
+  ds = ds.random_map(TrainViews(spec, backgrounds), seed=seed)
   ds = ds.batch(local_ids - pair_slots, drop_remainder=True)
   if pair_slots:
     pairs = grain.MapDataset.source(pairs_source).map_with_index(AddLabel())
     pairs = pairs[process_index::process_count].shuffle(seed=seed + 1)
     pairs = pairs.repeat(None).random_map(
-        PairViews(spec, offset=len(train_source)), seed=seed + 1)
+        PairViews(spec, offset=len(train_source), backgrounds=backgrounds), seed=seed + 1)
     pairs = pairs.batch(pair_slots // 2, drop_remainder=True)
     n = min(len(ds), len(pairs))  # Both endless; zip needs equal lengths.
     ds = grain.experimental.ZipMapDataset([ds[:n], pairs[:n]]).map(MergePairs())

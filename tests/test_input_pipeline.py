@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from asl_jax import copy_edits, data, input_pipeline
+from tfds_ndec.features import encode_jpeg
 from conftest import tiny_config
 
 
@@ -67,3 +68,36 @@ def test_bad_pair_slots_are_rejected(tiny_builder, data_dir):
   with pytest.raises(ValueError, match="even"):
     input_pipeline.train_dataset(data.source(tiny_builder, "train"),
                                  data.source(tiny_builder, "train_negative_pairs"), cfg, seed=0)
+
+
+def test_paste_onto_pastes_onto_the_given_background_without_raising_the_amount():
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+  background = np.full((40, 40, 3), 7, np.uint8)
+  spec = input_pipeline.ViewSpec(4, 24, (1.0, 1.0), (("paste_onto", 1.0),))
+  views, amounts = input_pipeline.make_views(image, rng, spec, lambda r: background)
+  # The image covers at most 0.8^2 of the background: the rest stays exactly 7.
+  uncovered = (views[1:] == 7).all(-1).mean((1, 2))
+  assert np.all(uncovered > 0.25), uncovered
+  assert not (views[0] == 7).all(-1).any()
+  np.testing.assert_array_equal(amounts, 1.0)  # Pasting never raises the amount.
+
+
+def test_backgrounds_are_other_training_images():
+  colours = [10, 120, 240]
+  records = [{"id": f"T{i}", "filename": f"T{i}.png",
+              "image": encode_jpeg(np.full((16, 16, 3), c, np.uint8))}
+             for i, c in enumerate(colours)]
+  backgrounds = input_pipeline.Backgrounds(records)
+  rng = np.random.default_rng(0)
+  seen = {int(np.round(backgrounds(rng, exclude=1).mean() / 10)) * 10 for _ in range(60)}
+  assert seen == {10, 240}  # Both others, never the image itself (120).
+  with pytest.raises(ValueError, match="at least 2"):
+    input_pipeline.Backgrounds(records[:1])
+
+
+def test_unknown_paste_backgrounds_is_an_error(tiny_builder, data_dir):
+  cfg = tiny_config(data_dir).data
+  cfg.paste_backgrounds = "imagenet"
+  with pytest.raises(ValueError, match="paste_backgrounds must be 'train'"):
+    input_pipeline.train_dataset(data.source(tiny_builder, "train"), None, cfg, seed=0)
