@@ -31,7 +31,7 @@ def tiny_config(data_dir: str):
                 num_threads=1)
   c.model.update(width=8, projector_dims=(32, 64), descriptor_dim=16)
   c.train.update(total_steps=4, log_every=2, checkpoint_every=2)
-  c.eval.update(k=5, batch_size=32)
+  c.eval.update(k=5, batch_size=32, image_size=40)  # Embedded larger than trained.
   return c
 
 

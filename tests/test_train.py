@@ -183,6 +183,7 @@ def test_main_end_to_end_writes_metrics(tiny_builder, data_dir, tmp_path):
     assert 0.0 <= m[name]["micro_ap"] <= 1.0
     assert m[name]["num_ground_truth"] == 12
   assert m["without_gate"]["num_predictions"] == 30 * 5
+  assert m["settings"]["image_size"] == 40  # eval.image_size, not data.image_size (32).
   counts = m["gate"]["counts"]
   assert sum(v["before"] for k, v in counts.items() if k != "hard_negative") == 150
   assert "μAP" in r.stdout and "ASL gate" in r.stdout

@@ -142,7 +142,7 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
   """
   mesh = sharding.make_mesh()
   embed_fn = make_embed_fn(model, mesh)
-  size, bs = config.data.image_size, config.eval.batch_size
+  size, bs = config.eval.get("image_size", 0) or config.data.image_size, config.eval.batch_size
   refs_src, queries_src = (data.source(builder, s) for s in ("references", "queries"))
   log(f"Evaluating on {len(queries_src)} queries x {len(refs_src)} references")
   ref_desc, ref_norm = embed_split(embed_fn, state, refs_src, size, bs, mesh,
