@@ -51,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "resize": 0.5, "rotate": 0.15, "pixelize": 0.1, "pad": 0.2,
       "color_jitter": 0.4, "grayscale": 0.15, "blur": 0.25, "hflip": 0.3,
       "text": 0.25, "sticker": 0.25, "paste_onto": 0.15, "jpeg": 0.4})
+  d.paste_backgrounds = "train"   # paste_onto backgrounds: train (other images) | synthetic.
   d.num_threads = 2               # Grain reader threads.
   d.num_workers = 0               # Grain worker processes (0 = in-process).
 
@@ -78,8 +79,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   l.classification = 0.0          # Per-identity label-smoothed CE.
   l.label_smoothing = 0.1
   l.cosine_scale = 0.0            # >0: cosine classifier with this scale.
-  l.norm_ratio = 5.0              # ASL norm-ratio loss weight (λ).
-  l.norm_ratio_pairing = "random"  # random (official draw) | all pairs.
+  l.norm_ratio = 10.0             # ASL norm-ratio loss weight (λ).
+  l.norm_ratio_pairing = "all"    # all pairs (lower variance) | random (official draw).
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 2e-3          # Peak learning rate.
@@ -101,10 +102,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   e.data_name = ""                # Queries/references from another dataset ('' = data.name),
                                   # e.g. ndec/disc21_dev after training on ndec/full.
   e.k = 10                        # Nearest references per query.
+  e.image_size = 80               # Side the images are embedded at (0 = data.image_size);
+                                  # larger than the 48 px training crops, as FixRes.
   e.batch_size = 256
   e.soft_gate_temperature = 0.1   # Soft gate (an extension): score x sigmoid(log ratio / T).
   e.score_norm = sn = ml_collections.ConfigDict()  # Against the training set.
-  sn.method = "none"              # none | sscd (β·mean s_n..s_n_end) | isc (factor·s_n).
+  sn.method = "sscd"              # none | sscd (β·mean s_n..s_n_end) | isc (factor·s_n).
   sn.n = 1                        # First background neighbour used (1-based).
   sn.n_end = 3                    # Last one (sscd).
   sn.factor = 1.0                 # β (sscd) or factor (isc, 2.0 there).
@@ -131,10 +134,11 @@ def _paper_recipe(c, asl: bool):
                  descriptor_dim=256, dtype="bfloat16", gate_feature="projector",
                  wave_block=True, bn_groups=4, shard_classifier=True)
   c.loss.update(info_nce=0.0, triplet=1.0, classification=10.0,
-                norm_ratio=1.0 if asl else 0.0)
+                norm_ratio=1.0 if asl else 0.0, norm_ratio_pairing="random")
   c.optim.update(learning_rate=3.5e-4, weight_decay=0.0, warmup_steps=40_000)
   c.train.update(total_steps=200_000, log_every=100, checkpoint_every=2000)
-  c.eval.batch_size = 512
+  c.eval.update(batch_size=512, image_size=0)
+  c.eval.score_norm.method = "none"  # The NDEC protocol (method.md §5); sscd to compare.
 
 
 def _sscd_recipe(c, asl: bool):
