@@ -23,6 +23,7 @@ import numpy as np
 
 from asl_jax import copy_edits
 from asl_jax.data import decode_image
+from asl_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +39,8 @@ class Backgrounds:
 
   def __init__(self, source):
     if len(source) < 2:
-      raise ValueError("Pasting onto other training images needs at least 2 of them; "
-                       "set data.paste_backgrounds='synthetic'.")
+      raise UserError("Pasting onto other training images needs at least 2 of them; "
+                      "set data.paste_backgrounds='synthetic'.")
     self.source = source
 
   def __call__(self, rng: np.random.Generator, exclude: int = -1) -> np.ndarray:
@@ -155,10 +156,8 @@ def train_dataset(train_source, pairs_source, cfg, *, seed: int,
         f"{cfg.ids_per_batch} identities over {process_count} processes.")
   spec = ViewSpec(cfg.views_per_id, cfg.image_size, tuple(cfg.crop_area),
                   tuple(sorted(cfg.train_edits.items())))
+  # data.paste_backgrounds is checked with the rest of the config (train.py).
   paste = cfg.get("paste_backgrounds", "train")
-  if paste not in ("train", "synthetic"):
-    raise ValueError(f"data.paste_backgrounds must be 'train' (other training images) or "
-                     f"'synthetic' (generated gradients), got {paste!r}.")
   backgrounds = Backgrounds(train_source) if paste == "train" else None
   ds = grain.MapDataset.source(train_source).map_with_index(AddLabel())
   ds = ds[process_index::process_count].shuffle(seed=seed).repeat(None)

@@ -211,6 +211,12 @@ def _check_config(config):
   if l.norm_ratio_pairing not in ("random", "all"):
     raise UserError("loss.norm_ratio_pairing must be 'random' (the official "
                     f"sampling) or 'all'; got {l.norm_ratio_pairing!r}.")
+  if d.get("paste_backgrounds", "train") not in ("train", "synthetic"):
+    raise UserError("data.paste_backgrounds must be 'train' (other training images) or "
+                    f"'synthetic' (generated gradients); got {d.paste_backgrounds!r}.")
+  if config.eval.get("image_size", 0) < 0:
+    raise UserError(f"eval.image_size={config.eval.image_size}: give a side in pixels, "
+                    "or 0 to embed at data.image_size.")
   if l.triplet > 0 and l.triplet_feature not in ("pooled", "descriptor", "projected"):
     raise UserError("loss.triplet_feature must be pooled, descriptor or "
                     f"projected; got {l.triplet_feature!r}.")

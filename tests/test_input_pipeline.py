@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from asl_jax import copy_edits, data, input_pipeline
+from asl_jax import copy_edits, data, input_pipeline, train
+from asl_jax.errors import UserError
 from tfds_ndec.features import encode_jpeg
 from conftest import tiny_config
 
@@ -92,12 +93,17 @@ def test_backgrounds_are_other_training_images():
   rng = np.random.default_rng(0)
   seen = {int(np.round(backgrounds(rng, exclude=1).mean() / 10)) * 10 for _ in range(60)}
   assert seen == {10, 240}  # Both others, never the image itself (120).
-  with pytest.raises(ValueError, match="at least 2"):
+  with pytest.raises(UserError, match="at least 2"):
     input_pipeline.Backgrounds(records[:1])
 
 
-def test_unknown_paste_backgrounds_is_an_error(tiny_builder, data_dir):
-  cfg = tiny_config(data_dir).data
-  cfg.paste_backgrounds = "imagenet"
-  with pytest.raises(ValueError, match="paste_backgrounds must be 'train'"):
-    input_pipeline.train_dataset(data.source(tiny_builder, "train"), None, cfg, seed=0)
+def test_bad_paste_backgrounds_or_eval_size_is_a_user_error_before_any_data(tmp_path):
+  c = tiny_config(str(tmp_path / "never_built"))
+  c.data.paste_backgrounds = "imagenet"
+  with pytest.raises(UserError, match="paste_backgrounds must be 'train'"):
+    train.train(c, str(tmp_path / "run"))
+  c.data.paste_backgrounds = "train"
+  c.eval.image_size = -1
+  with pytest.raises(UserError, match="eval.image_size=-1"):
+    train.train(c, str(tmp_path / "run"))
+  assert not (tmp_path / "never_built").exists()  # Checked before preparing data.
