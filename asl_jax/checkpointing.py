@@ -14,6 +14,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from asl_jax import input_pipeline
 from asl_jax.errors import UserError
 
 
@@ -30,6 +31,8 @@ def fingerprint(config) -> dict:
       "data.ids_per_batch": d.ids_per_batch,
       "data.views_per_id": d.views_per_id,
       "data.pair_ids_per_batch": d.pair_ids_per_batch,
+      # The saved Grain position is laid out per worker process.
+      "data.num_workers": input_pipeline.worker_processes(d),
       "data.synthetic": json.loads(d.synthetic.to_json()) if d.name == "ndec/synthetic" else None,
       # Only when set, so that checkpoints from before the field still match.
       **({"data.train_every": d.train_every} if d.get("train_every", 1) != 1 else {}),
@@ -71,7 +74,8 @@ class Checkpointer:
   def check_compatible(self, step: int, current: dict):
     meta = self.manager.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore())).meta
-    diff = _differences(meta.get("fingerprint", {}), current)
+    saved = {"data.num_workers": 0, **meta.get("fingerprint", {})}  # Older: no workers.
+    diff = _differences(saved, current)
     if diff:
       raise UserError(
           f"The workdir holds a checkpoint (step {step}, in {self.directory}) "

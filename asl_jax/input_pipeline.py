@@ -17,6 +17,7 @@ is its own identity and both members sit side by side in the same batch.
 """
 
 import dataclasses
+import os
 
 import grain
 import numpy as np
@@ -125,6 +126,17 @@ class MergePairs(grain.transforms.Map):
             for k in single}
 
 
+def worker_processes(cfg) -> int:
+  """Grain worker processes of `data.num_workers`: 0 = none (the reader's
+  threads, in this process), n > 0 = n, -1 = one per CPU core this process
+  may use. The copy-edit chain is Python and PIL, so threads share one core
+  (the GIL) and only processes scale it (benchmarks/input_throughput.py)."""
+  n = cfg.get("num_workers", 0)
+  if n == -1:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return n
+
+
 def num_identities(train_size: int, pairs_size: int, use_pairs: bool) -> int:
   """Classes of the per-identity classifier."""
   return train_size + (2 * pairs_size if use_pairs else 0)
@@ -140,7 +152,7 @@ def train_dataset(train_source, pairs_source, cfg, *, seed: int,
     pairs_source: source of `train_negative_pairs`, or None.
     cfg: `config.data` (ids_per_batch, views_per_id, image_size, crop_area,
       train_edits, paste_backgrounds, pair_ids_per_batch, num_threads,
-      num_workers).
+      num_workers: see `worker_processes`).
     seed: shuffling and augmentation seed.
     process_index, process_count: this host's shard of the data.
   """
@@ -173,7 +185,7 @@ def train_dataset(train_source, pairs_source, cfg, *, seed: int,
     ds = grain.experimental.ZipMapDataset([ds[:n], pairs[:n]]).map(MergePairs())
   it = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=cfg.num_threads, prefetch_buffer_size=max(4, cfg.num_threads)))
-  if cfg.num_workers > 0:
+  if workers := worker_processes(cfg):
     it = it.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=cfg.num_workers, per_worker_buffer_size=2))
+        num_workers=workers, per_worker_buffer_size=2))
   return it

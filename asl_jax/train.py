@@ -214,6 +214,11 @@ def _check_config(config):
   if d.get("paste_backgrounds", "train") not in ("train", "synthetic"):
     raise UserError("data.paste_backgrounds must be 'train' (other training images) or "
                     f"'synthetic' (generated gradients); got {d.paste_backgrounds!r}.")
+  workers = d.get("num_workers", 0)
+  if not isinstance(workers, int) or workers < -1:
+    raise UserError(f"data.num_workers={workers!r}: give 0 (no worker processes, the "
+                    "reader's threads), a number of Grain worker processes, or -1 for "
+                    "one per CPU core.")
   if config.eval.get("image_size", 0) < 0:
     raise UserError(f"eval.image_size={config.eval.image_size}: give a side in pixels, "
                     "or 0 to embed at data.image_size.")

@@ -17,6 +17,9 @@ python -m tfds_ndec.fake_layout /tmp/ndec_fake --num_train 512 --num_references 
 /usr/bin/time -v python -m asl_jax.main --config configs/asl.py:ndec --workdir /tmp/runs/ndec_fake \
   --config.train.total_steps=20 --config.train.log_every=5 --config.data.manual_dir=/tmp/ndec_fake \
   --config.data.num_workers=8 2>&1 | grep -v "^W1\|^I1" | grep -v "^\s" | tee "$out/ndec_fake_gpu.txt"
+echo "== 1c. input pipeline of the paper recipe on the host's cores (256 px, 640x480 JPEGs)"
+python benchmarks/input_throughput.py --config configs/asl.py:ndec --fake_train 2000 \
+  --workers 0,4,8,-1 2>&1 | grep -v "^W\|^I" | tee "$out/input_throughput.txt"
 echo "== 2. default demo on GPU"
 /usr/bin/time -v python -m asl_jax.main --config configs/asl.py --workdir /tmp/runs/demo \
   --config.data.synthetic.num_workers=16 --config.data.num_workers=8 2>&1 \

@@ -1,5 +1,7 @@
 """The training pipeline yields N x K views with their information amounts."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -106,4 +108,33 @@ def test_bad_paste_backgrounds_or_eval_size_is_a_user_error_before_any_data(tmp_
   c.eval.image_size = -1
   with pytest.raises(UserError, match="eval.image_size=-1"):
     train.train(c, str(tmp_path / "run"))
+  c.eval.image_size = 0
+  c.data.num_workers = -2
+  with pytest.raises(UserError, match="data.num_workers=-2"):
+    train.train(c, str(tmp_path / "run"))
   assert not (tmp_path / "never_built").exists()  # Checked before preparing data.
+
+
+def test_worker_processes_give_the_same_batches_and_restore(tiny_builder, data_dir):
+  """The paper recipe runs the edit chain in Grain worker processes: the
+  batches must be those of the in-process pipeline, and a saved position must
+  restore into a new pipeline (a resumed run)."""
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # Grain's workers read their flags.
+  cfg = tiny_config(data_dir).data
+  srcs = data.source(tiny_builder, "train"), data.source(tiny_builder, "train_negative_pairs")
+  threads = iter(input_pipeline.train_dataset(*srcs, cfg, seed=0))
+  expected = [next(threads) for _ in range(4)]
+  cfg.num_workers = 2
+  workers = iter(input_pipeline.train_dataset(*srcs, cfg, seed=0))
+  got = [next(workers) for _ in range(2)]
+  state = workers.get_state()
+  resumed = iter(input_pipeline.train_dataset(*srcs, cfg, seed=0))
+  resumed.set_state(state)
+  got += [next(resumed), next(resumed)]
+  for a, b in zip(expected, got, strict=True):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+  cfg.num_workers = -1
+  assert input_pipeline.worker_processes(cfg) == len(os.sched_getaffinity(0))

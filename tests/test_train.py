@@ -130,6 +130,10 @@ def test_incompatible_checkpoint_is_refused_and_kept(tiny_builder, data_dir, tmp
   c.model.width = 4
   with pytest.raises(UserError, match="model.width: 8 in the checkpoint, 4 now"):
     train.train(c, workdir, builder=tiny_builder)
+  # The saved input position is laid out per Grain worker process.
+  c.model.width, c.data.num_workers = 8, 2
+  with pytest.raises(UserError, match="data.num_workers: 0 in the checkpoint, 2 now"):
+    train.train(c, workdir, builder=tiny_builder)
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "2"))
 
 
