@@ -47,12 +47,8 @@ def prepare(config):
       num_pairs=max(4, _FAKE_TRAIN.value // 20), num_dev_queries=4, num_dev_copies=2,
       width=640, height=480)
   root = _ROOT.value
-  stamp = os.path.join(root, "layout.txt")
-  if not os.path.exists(stamp) or open(stamp).read() != repr(layout):
-    shutil.rmtree(root, ignore_errors=True)
-    fake_layout.write(os.path.join(root, "manual"), layout, workers=os.cpu_count())
-    with open(os.path.join(root, "layout.txt"), "w") as f:
-      f.write(repr(layout))
+  if fake_layout.write_once(os.path.join(root, "manual"), layout, workers=os.cpu_count()):
+    shutil.rmtree(os.path.join(root, "data"), ignore_errors=True)  # Prepared from the old one.
   config.data.update(data_dir=os.path.join(root, "data"),
                      manual_dir=os.path.join(root, "manual"), train_every=1)
   return data.prepare(config.data)
@@ -83,12 +79,12 @@ def edit_table(config, train_src):
   for name, p in sorted(d.train_edits.items()):
     ms = time_ms(lambda name=name: copy_edits.copy_edit_chain(
         views[rng.integers(len(views))], rng, {name: 1.0},
-        background_fn=lambda r: backgrounds(r)), n)
+        background_fn=backgrounds), n)
     rows.append((name, ms, p))
   probabilities = dict(d.train_edits)
   chain = time_ms(lambda: copy_edits.resize(copy_edits.copy_edit_chain(
       views[rng.integers(len(views))], rng, probabilities,
-      background_fn=lambda r: backgrounds(r)).image, size), n)
+      background_fn=backgrounds).image, size), n)
   print(f"\nCost per image at {size[0]} px (one process)")
   print(f"{'step':>26s} {'ms':>7s} {'probability':>11s} {'ms per view':>11s}")
   for name, ms, p in rows:

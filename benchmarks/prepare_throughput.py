@@ -56,13 +56,8 @@ def main():
       num_queries=args.num_queries, num_copies=args.num_queries // 2, num_pairs=args.num_pairs,
       num_dev_queries=10, num_dev_copies=5, width=640, height=480, sharded=True,
       num_shard_folders=20)
-  stamp = os.path.join(args.root, "layout.txt")
-  if not os.path.exists(stamp) or open(stamp).read() != repr(layout):
-    shutil.rmtree(manual_dir, ignore_errors=True)
-    t0 = time.time()
-    fake_layout.write(manual_dir, layout, workers=args.workers)
-    with open(stamp, "w") as f:
-      f.write(repr(layout))
+  t0 = time.time()
+  if fake_layout.write_once(manual_dir, layout, workers=args.workers):
     print(f"wrote the fake download in {time.time() - t0:.0f} s")
   images = (args.num_train + args.num_references + args.num_queries + 2 * args.num_pairs)
   size = du(manual_dir)

@@ -282,3 +282,16 @@ def test_killed_prepare_resumes_and_reads_back_exactly(tmp_path):
   ids = column(b.as_data_source(split="train"), "id")
   assert ids == [f"T{i:06d}" for i in range(80)]
   assert not work.exists()
+
+
+def test_fake_layout_is_written_once_per_layout(tmp_path):
+  root = str(tmp_path / "manual")
+  assert fake_layout.write_once(root, SMALL)
+  marker = tmp_path / "manual" / "kept.txt"
+  marker.write_text("x")
+  assert not fake_layout.write_once(root, SMALL)  # Same layout: reused as it is.
+  assert marker.exists()
+  other = fake_layout.FakeLayout(**{**SMALL.__dict__, "num_train": SMALL.num_train + 1})
+  assert fake_layout.write_once(root, other)  # Another layout: written afresh.
+  assert not marker.exists()
+  assert len(os.listdir(tmp_path / "manual" / "train")) == SMALL.num_train + 1

@@ -12,6 +12,7 @@ photos' (about 60-90 kB at 640x480, quality 90), not like flat test patterns.
 import argparse
 import dataclasses
 import os
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -132,6 +133,21 @@ def write(root: str, layout: FakeLayout = FakeLayout(), workers: int = 1) -> dic
     _save(os.path.join(folder, f"T{900000 + p:06d}.jpg"), base)
     _save(os.path.join(folder, f"{p + 1:05d}_neg.jpg"), np.flip(base, 1).copy())
   return {"ndec": ndec, "dev": dev}
+
+
+def write_once(root: str, layout: FakeLayout, workers: int = 1) -> bool:
+  """`write`, unless `root` already holds this layout (recorded in
+  `<root>.layout.txt`, beside it); returns whether it wrote."""
+  stamp = root.rstrip(os.sep) + ".layout.txt"
+  if os.path.exists(stamp):
+    with open(stamp) as f:
+      if f.read() == repr(layout):
+        return False
+  shutil.rmtree(root, ignore_errors=True)
+  write(root, layout, workers)
+  with open(stamp, "w") as f:
+    f.write(repr(layout))
+  return True
 
 
 def main(argv=None):
