@@ -130,6 +130,7 @@ def test_worker_processes_give_the_same_batches_and_restore(tiny_builder, data_d
   workers = iter(input_pipeline.train_dataset(*srcs, cfg, seed=0))
   got = [next(workers) for _ in range(2)]
   state = workers.get_state()
+  assert set(state) != set(threads.get_state())  # Worker processes ran, with their own state.
   resumed = iter(input_pipeline.train_dataset(*srcs, cfg, seed=0))
   resumed.set_state(state)
   got += [next(resumed), next(resumed)]
