@@ -139,17 +139,29 @@ def text(value) -> str:
   return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def decode_image(data: bytes, record: dict) -> np.ndarray:
-  """JPEG/PNG bytes -> uint8 [H, W, 3]; a clear error names the bad file."""
+def decode_pil(data: bytes, record: dict, min_size: int = 0) -> Image.Image:
+  """JPEG/PNG bytes -> an RGB PIL image; a clear error names the bad file.
+
+  min_size > 0 lets the JPEG decoder scale down by 1/2, 1/4 or 1/8 while both
+  sides stay at least min_size (much cheaper than decoding in full and then
+  resizing; for images only ever used smaller, such as paste backgrounds).
+  """
   try:
     with Image.open(io.BytesIO(data)) as im:
-      return np.asarray(im.convert("RGB"))
+      if min_size:
+        im.draft("RGB", (min_size, min_size))
+      return im.convert("RGB")
   except Exception as e:
     raise CorruptImageError(
         f"Image {text(record.get('id', '?'))} (source file "
         f"{text(record.get('filename', '?'))}) could not be decoded: {e}. "
         "Replace the file in the manual directory and prepare the dataset "
         "again; the prepared data and checkpoints are left untouched.") from None
+
+
+def decode_image(data: bytes, record: dict) -> np.ndarray:
+  """JPEG/PNG bytes -> uint8 [H, W, 3]; a clear error names the bad file."""
+  return np.asarray(decode_pil(data, record))
 
 
 def query_metadata(b: tfds.core.DatasetBuilder) -> dict[str, dict]:

@@ -21,9 +21,10 @@ import os
 
 import grain
 import numpy as np
+from PIL import Image
 
 from asl_jax import copy_edits
-from asl_jax.data import decode_image
+from asl_jax.data import decode_pil
 from asl_jax.errors import UserError
 
 
@@ -33,10 +34,30 @@ class ViewSpec:
   image_size: int
   crop_area: tuple[float, float]
   edit_probabilities: tuple[tuple[str, float], ...]  # Hashable for pickling.
+  # Edit name -> its parameters as ((keyword, value), ...); see `view_spec`.
+  edit_params: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
+
+
+def _frozen(value):
+  if isinstance(value, (list, tuple)):
+    return tuple(_frozen(v) for v in value)
+  return value
+
+
+def view_spec(cfg) -> ViewSpec:
+  """The ViewSpec of `config.data` (views_per_id, image_size, crop_area,
+  train_edits, edit_params)."""
+  params = cfg.get("edit_params") or {}
+  return ViewSpec(
+      cfg.views_per_id, cfg.image_size, tuple(cfg.crop_area),
+      tuple(sorted((k, float(v)) for k, v in cfg.train_edits.items())),
+      tuple(sorted((name, tuple(sorted((k, _frozen(v)) for k, v in kw.items())))
+                   for name, kw in params.items())))
 
 
 class Backgrounds:
-  """Random other images of a source, to paste views onto (`paste_onto`)."""
+  """Random other images of a source, to paste views onto (`paste_onto`) or
+  to paste small copies of onto views (`underlay`)."""
 
   def __init__(self, source):
     if len(source) < 2:
@@ -44,28 +65,38 @@ class Backgrounds:
                       "set data.paste_backgrounds='synthetic'.")
     self.source = source
 
-  def __call__(self, rng: np.random.Generator, exclude: int = -1) -> np.ndarray:
+  def __call__(self, rng: np.random.Generator, exclude: int = -1,
+               min_size: int = 0) -> Image.Image:
+    """A random image other than `exclude`, JPEGs decoded at the smallest
+    1/2^k scale that keeps both sides at least `min_size` (0: full size)."""
     i = int(rng.integers(len(self.source) - 1))
     i += i >= exclude >= 0  # Never the image itself.
     record = self.source[i]
-    return decode_image(record["image"], record)
+    return decode_pil(record["image"], record, min_size)
 
 
-def make_views(image: np.ndarray, rng: np.random.Generator, spec: ViewSpec,
+def make_views(image: np.ndarray | Image.Image, rng: np.random.Generator, spec: ViewSpec,
                background_fn=None) -> tuple[np.ndarray, np.ndarray]:
   """K views of one image and their information amounts.
 
-  background_fn: rng -> image for `paste_onto` (None: synthetic gradients).
+  View 0 is the resized image; the others a crop, resized, then the edit
+  chain, which works at most at the view size (`copy_edit_chain`'s
+  work_size) and is resized to it at the end.
+  background_fn: (rng, min_size) -> image for `paste_onto` and `underlay`
+  (None: synthetic gradients).
   """
   size = (spec.image_size, spec.image_size)
   probabilities = dict(spec.edit_probabilities)
-  views = [copy_edits.resize(image, size)]
+  params = {name: dict(kw) for name, kw in spec.edit_params}
+  image = copy_edits.to_pil(image)
+  views = [copy_edits.to_array(image.resize(size, Image.BILINEAR))]
   amounts = [1.0]
   for _ in range(spec.num_views - 1):
-    cropped, amount = copy_edits.crop(image, rng, spec.crop_area)
-    edited = copy_edits.copy_edit_chain(copy_edits.resize(cropped, size), rng,
-                                        probabilities, background_fn=background_fn)
-    views.append(copy_edits.resize(edited.image, size))
+    box, amount = copy_edits.crop_box(image.height, image.width, rng, spec.crop_area)
+    cropped = image.crop(box).resize(size, Image.BILINEAR)
+    edited = copy_edits.copy_edit_chain(cropped, rng, probabilities, params=params,
+                                        background_fn=background_fn, work_size=spec.image_size)
+    views.append(copy_edits.to_array(edited.image.resize(size, Image.BILINEAR)))
     amounts.append(amount * edited.information_amount)
   return np.stack(views), np.asarray(amounts, np.float32)
 
@@ -83,7 +114,7 @@ class AddLabel(grain.transforms.MapWithIndex):
 def _background_fn(backgrounds: Backgrounds | None, exclude: int):
   if backgrounds is None:
     return None
-  return lambda rng: backgrounds(rng, exclude)
+  return lambda rng, min_size: backgrounds(rng, exclude, min_size)
 
 
 class TrainViews(grain.transforms.RandomMap):
@@ -93,7 +124,7 @@ class TrainViews(grain.transforms.RandomMap):
     self.spec, self.backgrounds = spec, backgrounds
 
   def random_map(self, record, rng):
-    views, amounts = make_views(decode_image(record["image"], record), rng,
+    views, amounts = make_views(decode_pil(record["image"], record), rng,
                                 self.spec, _background_fn(self.backgrounds, record["label"]))
     return {"views": views, "information_amount": amounts,
             "label": record["label"]}
@@ -108,8 +139,8 @@ class PairViews(grain.transforms.RandomMap):
   def random_map(self, record, rng):
     partner = record["partner"]
     background_fn = _background_fn(self.backgrounds, -1)
-    a = make_views(decode_image(record["image"], record), rng, self.spec, background_fn)
-    b = make_views(decode_image(partner["image"], partner), rng, self.spec, background_fn)
+    a = make_views(decode_pil(record["image"], record), rng, self.spec, background_fn)
+    b = make_views(decode_pil(partner["image"], partner), rng, self.spec, background_fn)
     label = self.offset + 2 * record["label"]
     return {"views": np.stack([a[0], b[0]]),
             "information_amount": np.stack([a[1], b[1]]),
@@ -151,7 +182,7 @@ def train_dataset(train_source, pairs_source, cfg, *, seed: int,
     train_source: random-access source of the `train` split.
     pairs_source: source of `train_negative_pairs`, or None.
     cfg: `config.data` (ids_per_batch, views_per_id, image_size, crop_area,
-      train_edits, paste_backgrounds, pair_ids_per_batch, num_threads,
+      train_edits, edit_params, paste_backgrounds, pair_ids_per_batch, num_threads,
       num_workers: see `worker_processes`).
     seed: shuffling and augmentation seed.
     process_index, process_count: this host's shard of the data.
@@ -166,8 +197,7 @@ def train_dataset(train_source, pairs_source, cfg, *, seed: int,
         "data.pair_ids_per_batch must be even (two identities per pair), and "
         f"leave room for training images; got {cfg.pair_ids_per_batch} of "
         f"{cfg.ids_per_batch} identities over {process_count} processes.")
-  spec = ViewSpec(cfg.views_per_id, cfg.image_size, tuple(cfg.crop_area),
-                  tuple(sorted(cfg.train_edits.items())))
+  spec = view_spec(cfg)
   # data.paste_backgrounds is checked with the rest of the config (train.py).
   paste = cfg.get("paste_backgrounds", "train")
   backgrounds = Backgrounds(train_source) if paste == "train" else None

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from asl_jax import checkpointing, data, input_pipeline, losses, sharding, tensorboard
+from asl_jax import checkpointing, copy_edits, data, input_pipeline, losses, sharding, tensorboard
 from asl_jax.errors import UserError
 from asl_jax.models import resnet
 
@@ -214,6 +214,13 @@ def _check_config(config):
   if d.get("paste_backgrounds", "train") not in ("train", "synthetic"):
     raise UserError("data.paste_backgrounds must be 'train' (other training images) or "
                     f"'synthetic' (generated gradients); got {d.paste_backgrounds!r}.")
+  if "crop" in d.train_edits:
+    raise UserError("data.train_edits names 'crop', but the views are already cropped: "
+                    "set the crop's area range with data.crop_area instead.")
+  try:
+    copy_edits.check_edits(d.train_edits, d.get("edit_params") or {})
+  except ValueError as e:
+    raise UserError(f"data.train_edits / data.edit_params: {e}") from None
   workers = d.get("num_workers", 0)
   if not isinstance(workers, int) or workers < -1:
     raise UserError(f"data.num_workers={workers!r}: give 0 (no worker processes, the "

@@ -64,6 +64,8 @@ def time_ms(fn, n: int) -> float:
 def edit_table(config, train_src):
   """ms per decode and per edit, on view-sized crops of the training images."""
   d = config.data
+  spec = input_pipeline.view_spec(d)
+  params = {name: dict(kw) for name, kw in spec.edit_params}
   size = (d.image_size, d.image_size)
   rng = np.random.default_rng(0)
   records = [train_src[i] for i in range(min(32, len(train_src)))]
@@ -72,24 +74,28 @@ def edit_table(config, train_src):
   views = [copy_edits.resize(copy_edits.crop(im, rng, tuple(d.crop_area))[0], size)
            for im in images]
   backgrounds = input_pipeline.Backgrounds(train_src)
+
+  def background_fn(r, min_size):
+    return backgrounds(r, min_size=min_size)
+
+  def chain(probabilities):
+    return copy_edits.copy_edit_chain(
+        views[rng.integers(len(views))], rng, probabilities, params=params,
+        background_fn=background_fn, work_size=d.image_size)
+
   n = 64
   rows = [(f"decode ({w}x{h} source)",
            time_ms(lambda: data.decode_image(records[rng.integers(len(records))]["image"],
                                              {}), n), 1.0)]
   for name, p in sorted(d.train_edits.items()):
-    ms = time_ms(lambda name=name: copy_edits.copy_edit_chain(
-        views[rng.integers(len(views))], rng, {name: 1.0},
-        background_fn=backgrounds), n)
-    rows.append((name, ms, p))
+    rows.append((name, time_ms(lambda name=name: chain({name: 1.0}), n), p))
   probabilities = dict(d.train_edits)
-  chain = time_ms(lambda: copy_edits.resize(copy_edits.copy_edit_chain(
-      views[rng.integers(len(views))], rng, probabilities,
-      background_fn=backgrounds).image, size), n)
+  whole = time_ms(lambda: copy_edits.resize(np.asarray(chain(probabilities).image), size), n)
   print(f"\nCost per image at {size[0]} px (one process)")
   print(f"{'step':>26s} {'ms':>7s} {'probability':>11s} {'ms per view':>11s}")
   for name, ms, p in rows:
     print(f"{name:>26s} {ms:>7.2f} {p:>11.2f} {ms * p:>11.2f}")
-  print(f"{'whole chain, as configured':>26s} {chain:>7.2f} {'':>11s} {chain:>11.2f}")
+  print(f"{'whole chain, as configured':>26s} {whole:>7.2f} {'':>11s} {whole:>11.2f}")
 
 
 def pipeline_rate(config, train_src, pairs_src, workers: int) -> float:

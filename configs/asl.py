@@ -51,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "resize": 0.5, "rotate": 0.15, "pixelize": 0.1, "pad": 0.2,
       "color_jitter": 0.4, "grayscale": 0.15, "blur": 0.25, "hflip": 0.3,
       "text": 0.25, "sticker": 0.25, "paste_onto": 0.15, "jpeg": 0.4})
+  d.edit_params = ml_collections.ConfigDict()  # Edit -> its parameters (copy_edits.py).
   d.paste_backgrounds = "train"   # paste_onto backgrounds: train (other images) | synthetic.
   d.num_threads = 2               # Grain reader threads.
   d.num_workers = 0               # Grain worker processes: 0 = none (threads), -1 = 1 per core.
@@ -129,6 +130,24 @@ def _paper_recipe(c, asl: bool):
   c.data.train_every = 10         # 100,000 identities of DISC21's 1M, as BoT/D²LV.
   c.data.image_size = 256
   c.data.pair_ids_per_batch = 0
+  # BoT's isc_100k_256 chain (method.md §3.3). Not in it: resize (aspect),
+  # jpeg. Our readings: rotation fills with a random colour (torchvision:
+  # black); "image overlay ... resize by U[1, 2.5]" is the view shrunk to
+  # 1/2.5..1 of the other image (paste_onto scale); position U[0, 0.5] is
+  # kept for the underlay, the overlays go anywhere inside the image.
+  c.data.train_edits = ml_collections.ConfigDict({
+      "rotate": 0.3, "pixelize": 0.3, "shuffle_pixels": 0.3, "perspective": 0.3, "pad": 0.3,
+      "underlay": 0.3, "color_jitter": 0.8, "blur": 1.0, "grayscale": 0.3, "hflip": 0.5,
+      "sticker": 0.3, "text": 0.3, "text2": 0.3, "paste_onto": 0.2})
+  overlay = {"size": (0.0, 1.0), "opacity": (0.0, 1.0)}
+  c.data.edit_params = ml_collections.ConfigDict({
+      "rotate": {"max_degrees": 50.0, "quarter_turns": 0.0, "expand": False},
+      "pixelize": {"ratio": (0.1, 1.0)}, "shuffle_pixels": {"factor": (0.0, 0.4)},
+      "perspective": {"sigma": (0.0, 50.0)}, "pad": {"max_fraction": 0.1},
+      "underlay": {"scale": (0.04, 0.1), "position": (0.0, 0.5)},
+      "color_jitter": {"strength": (0.5, 0.5, 0.3, 0.2)}, "blur": {"sigma": (0.1, 2.0)},
+      "sticker": dict(overlay), "text": dict(overlay), "text2": dict(overlay),
+      "paste_onto": {"scale": (0.4, 1.0)}})
   # The edit chain is Python/PIL: threads share a core (the GIL), processes
   # scale (README: "The input pipeline feeding that recipe"). Two reader
   # threads in each worker.

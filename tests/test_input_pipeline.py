@@ -78,7 +78,7 @@ def test_paste_onto_pastes_onto_the_given_background_without_raising_the_amount(
   image = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
   background = np.full((40, 40, 3), 7, np.uint8)
   spec = input_pipeline.ViewSpec(4, 24, (1.0, 1.0), (("paste_onto", 1.0),))
-  views, amounts = input_pipeline.make_views(image, rng, spec, lambda r: background)
+  views, amounts = input_pipeline.make_views(image, rng, spec, lambda r, min_size: background)
   # The image covers at most 0.8^2 of the background: the rest stays exactly 7.
   uncovered = (views[1:] == 7).all(-1).mean((1, 2))
   assert np.all(uncovered > 0.25), uncovered
@@ -93,7 +93,8 @@ def test_backgrounds_are_other_training_images():
              for i, c in enumerate(colours)]
   backgrounds = input_pipeline.Backgrounds(records)
   rng = np.random.default_rng(0)
-  seen = {int(np.round(backgrounds(rng, exclude=1).mean() / 10)) * 10 for _ in range(60)}
+  seen = {int(np.round(np.asarray(backgrounds(rng, exclude=1)).mean() / 10)) * 10
+          for _ in range(60)}
   assert seen == {10, 240}  # Both others, never the image itself (120).
   with pytest.raises(UserError, match="at least 2"):
     input_pipeline.Backgrounds(records[:1])

@@ -169,7 +169,7 @@ def query_example(sizes: Sizes, index: int) -> tuple[str, dict]:
   if kind == "copy":
     edited = copy_edits.copy_edit_chain(
         ref_image, rng, QUERY_EDITS,
-        background_fn=lambda r: _background(sizes, r), min_edits=2)
+        background_fn=lambda r, min_size: _background(sizes, r), min_edits=2)
     image, edits, info = edited.image, edited.edits, edited.information_amount
     ref_id = f"R{ref_pos:06d}"
   elif kind == "hard_negative":
