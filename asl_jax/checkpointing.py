@@ -36,6 +36,8 @@ def fingerprint(config) -> dict:
       "data.synthetic": json.loads(d.synthetic.to_json()) if d.name == "ndec/synthetic" else None,
       # Only when set, so that checkpoints from before the field still match.
       **({"data.train_every": d.train_every} if d.get("train_every", 1) != 1 else {}),
+      # Pre-generated views feed another pipeline (its saved position differs).
+      **({"data.pregenerated_views": True} if d.get("views_dir") else {}),
   }
 
 

@@ -182,7 +182,8 @@ def train_dataset(train_source, pairs_source, cfg, *, seed: int,
     train_source: random-access source of the `train` split.
     pairs_source: source of `train_negative_pairs`, or None.
     cfg: `config.data` (ids_per_batch, views_per_id, image_size, crop_area,
-      train_edits, edit_params, paste_backgrounds, pair_ids_per_batch, num_threads,
+      train_edits, edit_params, paste_backgrounds, views_dir (pre-generated
+      views: see asl_jax/pregenerate.py), pair_ids_per_batch, num_threads,
       num_workers: see `worker_processes`).
     seed: shuffling and augmentation seed.
     process_index, process_count: this host's shard of the data.
@@ -197,6 +198,16 @@ def train_dataset(train_source, pairs_source, cfg, *, seed: int,
         "data.pair_ids_per_batch must be even (two identities per pair), and "
         f"leave room for training images; got {cfg.pair_ids_per_batch} of "
         f"{cfg.ids_per_batch} identities over {process_count} processes.")
+  if cfg.get("views_dir"):
+    if pair_slots:
+      raise ValueError("Pre-generated views (data.views_dir) hold training images only; set "
+                       "data.pair_ids_per_batch=0.")
+    from asl_jax import pregenerate  # noqa: PLC0415 (it imports this module)
+    views, _ = pregenerate.open_views(cfg.views_dir, cfg, len(train_source))
+    ds = grain.MapDataset.source(views)[process_index::process_count]
+    ds = ds.shuffle(seed=seed).repeat(None)
+    ds = ds.random_map(pregenerate.PregeneratedViews(cfg.views_per_id, cfg.image_size), seed=seed)
+    return _to_iter(ds.batch(local_ids, drop_remainder=True), cfg)
   spec = view_spec(cfg)
   # data.paste_backgrounds is checked with the rest of the config (train.py).
   paste = cfg.get("paste_backgrounds", "train")
@@ -213,6 +224,10 @@ def train_dataset(train_source, pairs_source, cfg, *, seed: int,
     pairs = pairs.batch(pair_slots // 2, drop_remainder=True)
     n = min(len(ds), len(pairs))  # Both endless; zip needs equal lengths.
     ds = grain.experimental.ZipMapDataset([ds[:n], pairs[:n]]).map(MergePairs())
+  return _to_iter(ds, cfg)
+
+
+def _to_iter(ds: grain.MapDataset, cfg) -> grain.IterDataset:
   it = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=cfg.num_threads, prefetch_buffer_size=max(4, cfg.num_threads)))
   if workers := worker_processes(cfg):

@@ -221,6 +221,9 @@ def _check_config(config):
     copy_edits.check_edits(d.train_edits, d.get("edit_params") or {})
   except ValueError as e:
     raise UserError(f"data.train_edits / data.edit_params: {e}") from None
+  if d.get("views_dir") and d.pair_ids_per_batch > 0:
+    raise UserError("Pre-generated views (data.views_dir) hold training images only; set "
+                    "data.pair_ids_per_batch=0, or data.views_dir='' to mix in NDEC pairs.")
   workers = d.get("num_workers", 0)
   if not isinstance(workers, int) or workers < -1:
     raise UserError(f"data.num_workers={workers!r}: give 0 (no worker processes, the "

@@ -20,6 +20,13 @@ python -m tfds_ndec.fake_layout /tmp/ndec_fake --num_train 512 --num_references 
 echo "== 1c. input pipeline of the paper recipe on the host's cores (256 px, 640x480 JPEGs)"
 python benchmarks/input_throughput.py --config configs/asl.py:ndec --fake_train 2000 \
   --workers 0,4,8,-1 2>&1 | grep -v "^W\|^I" | tee "$out/input_throughput.txt"
+echo "== 1d. the same views made offline (pregenerate, all cores), then read back"
+python -m asl_jax.pregenerate --config configs/asl.py:ndec --out /tmp/asl_views \
+  --config.data.manual_dir=/tmp/asl_input_bench/manual --config.data.data_dir=/tmp/asl_input_bench/data \
+  --config.data.train_every=1 --shards 32 2>&1 | grep -v "^W\|^I" | tee "$out/pregenerate.txt"
+python benchmarks/input_throughput.py --config configs/asl.py:ndec --fake_train 2000 \
+  --workers 0,4,8,-1 --config.data.views_dir=/tmp/asl_views 2>&1 | grep -v "^W\|^I" \
+  | tee "$out/input_throughput_pregenerated.txt"
 echo "== 2. default demo on GPU"
 /usr/bin/time -v python -m asl_jax.main --config configs/asl.py --workdir /tmp/runs/demo \
   --config.data.synthetic.num_workers=16 --config.data.num_workers=8 2>&1 \

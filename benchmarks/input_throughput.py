@@ -7,8 +7,9 @@
 Prints two tables: the cost of decoding a training image and of each copy
 edit of `data.train_edits` at the view size (ms, one process), and the views
 per second of the whole pipeline (`input_pipeline.train_dataset`: decode,
-crops, edit chain, batching) with 0 (threads in this process) or n Grain
-worker processes. Views/s per process tells how many CPU cores keep an
+crops, edit chain, batching; or, with --config.data.views_dir, reading
+pre-generated views) with 0 (threads in this process) or n Grain worker
+processes. Views/s per process tells how many CPU cores keep an
 accelerator fed: compare with `benchmarks/train_throughput.py`.
 
 For `ndec/full*` configs, --fake_train writes a fake download of that many
@@ -124,6 +125,9 @@ def main(argv):
   d = config.data
   print(f"{config.data.name}: {len(train_src)} training images; batch {d.ids_per_batch} ids x "
         f"{d.views_per_id} views of {d.image_size} px; {os.cpu_count()} CPU cores")
+  if d.get("views_dir"):
+    print(f"Views read from {d.views_dir} (python -m asl_jax.pregenerate); the edit table is "
+          "the cost of making them, the views/s table that of reading them.")
   edit_table(config, train_src)
   print(f"\n{'workers':>7s} {'threads':>7s} {'views/s':>8s} {'per process':>11s}")
   for w in (int(x) for x in _WORKERS.value):

@@ -52,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "color_jitter": 0.4, "grayscale": 0.15, "blur": 0.25, "hflip": 0.3,
       "text": 0.25, "sticker": 0.25, "paste_onto": 0.15, "jpeg": 0.4})
   d.edit_params = ml_collections.ConfigDict()  # Edit -> its parameters (copy_edits.py).
+  d.views_dir = ""                # Views made by `python -m asl_jax.pregenerate` ("": online).
   d.paste_backgrounds = "train"   # paste_onto backgrounds: train (other images) | synthetic.
   d.num_threads = 2               # Grain reader threads.
   d.num_workers = 0               # Grain worker processes: 0 = none (threads), -1 = 1 per core.
