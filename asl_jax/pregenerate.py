@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from asl_jax import data, input_pipeline
-from asl_jax.errors import UserError
+from asl_jax.errors import CorruptImageError, UserError
 
 FORMAT = "asl_jax views 1"
 META = "views.json"
@@ -212,10 +212,13 @@ def open_views(views_dir: str, cfg, num_identities: int):
                     f"{views_dir}.")
   with open(path) as f:
     meta = json.load(f)
-  want = {"format": FORMAT, "dataset": cfg.name, "identities": num_identities,
-          "image_size": cfg.image_size, "train_every": cfg.get("train_every", 1)}
-  diff = [f"{k}: {meta.get(k)!r} there, {v!r} in the config" for k, v in want.items()
-          if meta.get(k) != v]
+  now = settings(cfg, num_identities, meta.get("views"), meta.get("seed"),
+                 meta.get("jpeg_quality"), meta.get("shards"))
+  # The edits too: a changed chain must not be trained on silently with old views.
+  keys = ("format", "dataset", "identities", "image_size", "train_every", "crop_area",
+          "train_edits", "edit_params", "paste_backgrounds")
+  diff = [f"{k}: {meta.get(k)!r} there, {now[k]!r} in the config" for k in keys
+          if meta.get(k) != now[k]]
   if diff:
     raise UserError(f"The views in {views_dir} do not fit this config ({'; '.join(diff)}). "
                     "Make views for it with python -m asl_jax.pregenerate and the same config.")
@@ -246,7 +249,12 @@ class PregeneratedViews(grain.transforms.RandomMap):
 
   def view(self, jpeg: bytes, rng: np.random.Generator) -> np.ndarray:
     s, p = self.size, self.pad
-    image = data.decode_pil(jpeg, {"id": "a pre-generated view"})
+    try:
+      image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    except Exception as e:
+      raise CorruptImageError(
+          f"A pre-generated view could not be decoded ({e}): the views directory is damaged. "
+          "Make the views again with python -m asl_jax.pregenerate into a new --out.") from None
     if image.size != (s, s):
       image = image.resize((s, s), Image.BILINEAR)
     a = np.asarray(image)

@@ -91,7 +91,11 @@ def test_views_that_do_not_fit_the_config_are_named(views_dir, tiny_builder, dat
   cfg.image_size = 40
   with pytest.raises(UserError, match="image_size: 32 there, 40 in the config"):
     input_pipeline.train_dataset(train_src, None, cfg, seed=0)
-  cfg.image_size, cfg.views_per_id = 32, 6
+  cfg.image_size = 32
+  cfg.edit_params = {"pad": {"max_fraction": 0.05}}
+  with pytest.raises(UserError, match=r"edit_params: \{\} there, \{'pad': \{'max_fraction'"):
+    input_pipeline.train_dataset(train_src, None, cfg, seed=0)
+  cfg.edit_params, cfg.views_per_id = {}, 6
   with pytest.raises(UserError, match="5 views per identity, fewer than data.views_per_id=6"):
     input_pipeline.train_dataset(train_src, None, cfg, seed=0)
   cfg.views_per_id = 4
@@ -108,3 +112,8 @@ def test_views_that_do_not_fit_the_config_are_named(views_dir, tiny_builder, dat
   c.data.pair_ids_per_batch = 2
   with pytest.raises(UserError, match="data.pair_ids_per_batch=0"):
     train.train(c, str(tmp_path / "run"))
+
+
+def test_a_damaged_view_is_named():
+  with pytest.raises(UserError, match="pre-generated view could not be decoded.*Make the views"):
+    pregenerate.PregeneratedViews(2, 32).view(b"not a jpeg", np.random.default_rng(0))
