@@ -17,6 +17,7 @@ content of the source image) and do not lower it either.
 """
 
 import dataclasses
+import functools
 import inspect
 import io
 import string
@@ -88,10 +89,9 @@ def crop(image: Array, rng: np.random.Generator, area=(0.2, 1.0),
 
 def resize(image: Array, size: tuple[int, int]) -> Array:
   """Resizes to (height, width) with bilinear filtering (aspect not kept)."""
-  h, w = size
-  if image.shape[:2] == (h, w):
+  if image.shape[:2] == tuple(size):
     return image
-  return to_array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+  return to_array(_resize(Image.fromarray(image), size))
 
 
 def _resize(image: Img, size: tuple[int, int]) -> Img:
@@ -367,6 +367,7 @@ EDIT_NAMES = ("crop",) + tuple(_EDITS)
 _CROP_PARAMS = ("area",)
 
 
+@functools.cache  # Asked for every view, by check_edits.
 def edit_parameters(name: str) -> tuple[str, ...]:
   """The parameters (keyword arguments) edit `name` accepts."""
   if name == "crop":

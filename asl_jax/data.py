@@ -117,6 +117,14 @@ def source(b: tfds.core.DatasetBuilder, split: str):
       "image": skip, "partner": {"image": skip}})
 
 
+def train_source(b: tfds.core.DatasetBuilder, cfg):
+  """The training identities of `config.data`: every `train_every`-th image
+  of the `train` split."""
+  src = source(b, "train")
+  n = cfg.get("train_every", 1)
+  return src if n == 1 else EveryNth(src, n)
+
+
 class EveryNth:
   """Every n-th record of a random-access source (BoT/D²LV train on every
   10th DISC21 training image: 100,000 identities out of 1,000,000)."""

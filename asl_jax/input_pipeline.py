@@ -111,7 +111,9 @@ class AddLabel(grain.transforms.MapWithIndex):
     return {**record, "label": np.int32(index + self.offset)}
 
 
-def _background_fn(backgrounds: Backgrounds | None, exclude: int):
+def background_fn(backgrounds: Backgrounds | None, exclude: int):
+  """The (rng, min_size) -> image callable of `make_views`, never giving
+  image `exclude`; None (synthetic gradients) without backgrounds."""
   if backgrounds is None:
     return None
   return lambda rng, min_size: backgrounds(rng, exclude, min_size)
@@ -125,7 +127,7 @@ class TrainViews(grain.transforms.RandomMap):
 
   def random_map(self, record, rng):
     views, amounts = make_views(decode_pil(record["image"], record), rng,
-                                self.spec, _background_fn(self.backgrounds, record["label"]))
+                                self.spec, background_fn(self.backgrounds, record["label"]))
     return {"views": views, "information_amount": amounts,
             "label": record["label"]}
 
@@ -138,9 +140,9 @@ class PairViews(grain.transforms.RandomMap):
 
   def random_map(self, record, rng):
     partner = record["partner"]
-    background_fn = _background_fn(self.backgrounds, -1)
-    a = make_views(decode_pil(record["image"], record), rng, self.spec, background_fn)
-    b = make_views(decode_pil(partner["image"], partner), rng, self.spec, background_fn)
+    bg = background_fn(self.backgrounds, -1)
+    a = make_views(decode_pil(record["image"], record), rng, self.spec, bg)
+    b = make_views(decode_pil(partner["image"], partner), rng, self.spec, bg)
     label = self.offset + 2 * record["label"]
     return {"views": np.stack([a[0], b[0]]),
             "information_amount": np.stack([a[1], b[1]]),

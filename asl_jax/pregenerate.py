@@ -79,14 +79,6 @@ def _jpeg(view: np.ndarray, quality: int) -> bytes:
 
 
 # --------------------------------------------------------------- generating --
-def _train_source(cfg, log):
-  builder = data.prepare(cfg, log=log)
-  source = data.source(builder, "train")
-  if cfg.get("train_every", 1) != 1:
-    source = data.EveryNth(source, cfg.train_every)
-  return source
-
-
 def settings(cfg, num_identities: int, views: int, seed: int, quality: int,
              shards: int) -> dict:
   """What the views depend on; stored in views.json and compared on reuse."""
@@ -112,17 +104,13 @@ def _write_shard(index: int, *, source, spec, backgrounds, seed: int, quality: i
   for label in range(start, stop):
     record = source[label]
     rng = np.random.default_rng([seed, label])
-    bg = None if backgrounds is None else functools.partial(_background, backgrounds, label)
     views, amounts = input_pipeline.make_views(
-        data.decode_pil(record["image"], record), rng, spec, bg)
+        data.decode_pil(record["image"], record), rng, spec,
+        input_pipeline.background_fn(backgrounds, label))
     writer.write(pack(label, amounts, [_jpeg(v, quality) for v in views]))
   writer.close()
   os.replace(tmp, final)
   return stop - start
-
-
-def _background(backgrounds, exclude, rng, min_size):
-  return backgrounds(rng, exclude, min_size)
 
 
 def generate(config, out_dir: str, *, views: int = 20, seed: int = 0, quality: int = 95,
@@ -151,7 +139,7 @@ def generate(config, out_dir: str, *, views: int = 20, seed: int = 0, quality: i
   i, n = part
   if not 0 <= i < n:
     raise UserError(f"--part={i}/{n}: give i/n with 0 <= i < n.")
-  source = _train_source(cfg, log)
+  source = data.train_source(data.prepare(cfg, log=log), cfg)
   count = shards or max(1, math.ceil(len(source) / 1000))
   count = min(count, len(source))
   meta = settings(cfg, len(source), views, seed, quality, count)
@@ -168,18 +156,18 @@ def generate(config, out_dir: str, *, views: int = 20, seed: int = 0, quality: i
   log(f"{len(source)} identities x {views} views of {cfg.image_size} px into {out_dir}: "
       f"{len(todo)} of {count} shards to write (part {i}/{n}), {procs or 1} process(es).")
   t0, done = time.perf_counter(), 0
-  if procs <= 1 or len(todo) <= 1:
-    results = map(task, todo)
-  else:
-    pool = multiprocessing.get_context("spawn").Pool(min(procs, len(todo)))
-    results = pool.imap_unordered(task, todo)
-  for written in results:
-    done += written
-    rate = done * views / (time.perf_counter() - t0)
-    log(f"  {done} identities written ({rate:.0f} views/s)")
+
+  def written(results):
+    nonlocal done
+    for n_ids in results:
+      done += n_ids
+      log(f"  {done} identities written ({done * views / (time.perf_counter() - t0):.0f} views/s)")
+
   if procs > 1 and len(todo) > 1:
-    pool.close()
-    pool.join()
+    with multiprocessing.get_context("spawn").Pool(min(procs, len(todo))) as pool:
+      written(pool.imap_unordered(task, todo))
+  else:
+    written(map(task, todo))
   return meta
 
 

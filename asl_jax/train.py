@@ -243,9 +243,7 @@ def train(config, workdir: str, builder=None):
   os.makedirs(workdir, exist_ok=True)
   builder = builder or data.prepare(config.data, log=log)
   mesh = sharding.make_mesh()
-  train_src = data.source(builder, "train")
-  if config.data.get("train_every", 1) != 1:
-    train_src = data.EveryNth(train_src, config.data.train_every)
+  train_src = data.train_source(builder, config.data)
   use_pairs = config.data.pair_ids_per_batch > 0
   pairs_src = data.source(builder, "train_negative_pairs") if use_pairs else None
   num_classes = input_pipeline.num_identities(

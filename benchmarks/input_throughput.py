@@ -74,11 +74,7 @@ def edit_table(config, train_src):
   h, w = images[0].shape[:2]
   views = [copy_edits.resize(copy_edits.crop(im, rng, tuple(d.crop_area))[0], size)
            for im in images]
-  backgrounds = input_pipeline.Backgrounds(train_src)
-
-  def background_fn(r, min_size):
-    return backgrounds(r, min_size=min_size)
-
+  background_fn = input_pipeline.background_fn(input_pipeline.Backgrounds(train_src), -1)
   def chain(probabilities):
     return copy_edits.copy_edit_chain(
         views[rng.integers(len(views))], rng, probabilities, params=params,
@@ -119,7 +115,7 @@ def main(argv):
   del argv
   config = _CONFIG.value
   builder = prepare(config)
-  train_src = data.source(builder, "train")
+  train_src = data.train_source(builder, config.data)
   pairs_src = (data.source(builder, "train_negative_pairs")
                if config.data.pair_ids_per_batch > 0 else None)
   d = config.data
