@@ -60,7 +60,11 @@ def test_workers_and_resuming_give_the_same_files(views_dir, data_dir, tmp_path)
   pregenerate.generate(_config(data_dir), out, views=VIEWS, shards=3, workers=2,
                        log=lambda *a: None)  # Continues: writes 0 and 2, keeps 1.
   assert os.stat(os.path.join(out, "views.array_record-00001-of-00003")).st_mtime_ns == before
-  assert _records(out) == _records(views_dir)  # Views depend only on (seed, identity).
+  assert _records(out) == _records(views_dir)  # Views depend only on (seed, identity),
+  other = str(tmp_path / "two_shards")        # not on the shards either.
+  pregenerate.generate(_config(data_dir), other, views=VIEWS, shards=2, workers=0,
+                       log=lambda *a: None)
+  assert _records(other) == _records(views_dir)
 
 
 def test_other_settings_in_the_directory_are_refused_and_kept(views_dir, data_dir):
@@ -117,3 +121,17 @@ def test_views_that_do_not_fit_the_config_are_named(views_dir, tiny_builder, dat
 def test_a_damaged_view_is_named():
   with pytest.raises(UserError, match="pre-generated view could not be decoded.*Make the views"):
     pregenerate.PregeneratedViews(2, 32).view(b"not a jpeg", np.random.default_rng(0))
+
+
+def test_each_read_view_keeps_its_own_amount():
+  # View j is a flat grey of level 40 j with amount j / 10: after the flip,
+  # pad and crop, a view's centre must still show the level of its amount.
+  jpegs = [pregenerate._jpeg(np.full((32, 32, 3), 40 * j, np.uint8), 95) for j in range(6)]
+  blob = pregenerate.pack(7, np.arange(6, dtype=np.float32) / 10, jpegs)
+  reader = pregenerate.PregeneratedViews(4, 32)
+  for seed in range(5):
+    out = reader.random_map(blob, np.random.default_rng(seed))
+    assert out["label"] == 7 and out["views"].shape == (4, 32, 32, 3)
+    assert len(set(out["information_amount"].tolist())) == 4  # Without replacement.
+    centre = out["views"][:, 12:20, 12:20].mean((1, 2, 3))
+    np.testing.assert_allclose(centre, 400 * out["information_amount"], atol=3)
