@@ -38,6 +38,34 @@ def test_ghost_batchnorm_equals_batchnorm_per_group():
     ghost.apply(variables, x[:10], mutable=["batch_stats"])
 
 
+def test_ghost_batchnorm_gradients_equal_batchnorm_per_group():
+  x = jax.random.normal(jax.random.key(2), (12, 3, 3, 5)) * 3 - 2
+  ghost = resnet.GhostBatchNorm(groups=3, use_running_average=False)
+  params = {"scale": jnp.linspace(0.5, 2.0, 5), "bias": jnp.linspace(-1.0, 1.0, 5)}
+  stats = ghost.init(jax.random.key(1), x)["batch_stats"]
+  weights = jax.random.normal(jax.random.key(3), x.shape)
+
+  def ghost_loss(params, x):
+    y, _ = ghost.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])
+    return jnp.sum(y * weights)
+
+  plain = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
+
+  def plain_loss(params, x):
+    total = 0.0
+    for g in range(3):
+      part = slice(4 * g, 4 * (g + 1))
+      y, _ = plain.apply({"params": params, "batch_stats": stats}, x[part],
+                         mutable=["batch_stats"])
+      total += jnp.sum(y * weights[part])
+    return total
+
+  got = jax.grad(ghost_loss, argnums=(0, 1))(params, x)
+  want = jax.grad(plain_loss, argnums=(0, 1))(params, x)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
 def test_waveblock_scales_all_rows_but_one_band_per_chunk():
   x = jnp.ones((8, 20, 4, 2))
   block = resnet.WaveBlock(chunk=4)

@@ -104,21 +104,26 @@ class GhostBatchNorm(nn.Module):
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
     if self.use_running_average:
-      y = (x.astype(jnp.float32) - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
-    else:
-      if x.shape[0] % self.groups:
-        raise ValueError(f"model.bn_groups={self.groups} must divide the batch of "
-                         f"{x.shape[0]} images.")
-      xg = x.astype(jnp.float32).reshape((self.groups, -1) + x.shape[1:])
-      axes = tuple(range(1, xg.ndim - 1))
-      mean = xg.mean(axes, keepdims=True)
-      var = jnp.square(xg - mean).mean(axes, keepdims=True)  # Biased, as nn.BatchNorm.
-      y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
-      if not self.is_initializing():
-        m = self.momentum
-        ra_mean.value = m * ra_mean.value + (1 - m) * mean.reshape(-1, features).mean(0)
-        ra_var.value = m * ra_var.value + (1 - m) * var.reshape(-1, features).mean(0)
-    return (y * scale + bias).astype(self.dtype)
+      mul = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
+      y = (x.astype(jnp.float32) - ra_mean.value) * mul + bias
+      return y.astype(self.dtype)
+    if x.shape[0] % self.groups:
+      raise ValueError(f"model.bn_groups={self.groups} must divide the batch of "
+                       f"{x.shape[0]} images.")
+    xg = x.astype(jnp.float32).reshape((self.groups, -1) + x.shape[1:])
+    axes = tuple(range(1, xg.ndim - 1))
+    # As nn.BatchNorm: both moments in one pass over x (use_fast_variance;
+    # biased), and scale folded into the per-channel multiplier, so that the
+    # backward pass needs x alone, not a float32 copy of the normalised x.
+    mean = xg.mean(axes, keepdims=True)
+    var = jnp.maximum(0.0, jnp.square(xg).mean(axes, keepdims=True) - jnp.square(mean))
+    mul = scale * jax.lax.rsqrt(var + self.epsilon)
+    y = ((xg - mean) * mul + bias).reshape(x.shape)
+    if not self.is_initializing():
+      m = self.momentum
+      ra_mean.value = m * ra_mean.value + (1 - m) * mean.reshape(-1, features).mean(0)
+      ra_var.value = m * ra_var.value + (1 - m) * var.reshape(-1, features).mean(0)
+    return y.astype(self.dtype)
 
 
 class WaveBlock(nn.Module):
