@@ -10,6 +10,9 @@ if [ -z "${SKIP_THROUGHPUT:-}" ]; then
 echo "== 1. paper recipe throughput (R50, 256px, bf16, 100k-way head, norm-ratio loss)"
 python benchmarks/train_throughput.py --config configs/asl.py:ndec --batch_ids 32,64 --steps 20 \
   2>&1 | grep -v "^W\|^I" | tee "$out/throughput.txt"
+echo "== 1a. what WaveBlock, ghost BN and the sharded head cost: compiled cost and time, each on"
+python benchmarks/step_cost.py --config configs/asl.py:ndec --timed_steps 20 \
+  2>&1 | grep -v "^W\|^I" | tee "$out/step_cost.txt"
 fi
 echo "== 1b. paper recipe end to end on a fake NDEC download (ndec/full, 20 steps)"
 python -m tfds_ndec.fake_layout /tmp/ndec_fake --num_train 512 --num_references 200 \
