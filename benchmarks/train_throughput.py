@@ -23,9 +23,10 @@ _STEPS = flags.DEFINE_integer("steps", 30, "Timed steps per batch size.")
 _CLASSES = flags.DEFINE_integer("num_classes", 100_000, "Classifier width.")
 
 
-def time_batch(config, ids: int, steps: int, num_classes: int) -> float:
-  config.data.ids_per_batch = ids
-  k, size = config.data.views_per_id, config.data.image_size
+def build_step(config, num_classes: int):
+  """The config's jitted update step on the local devices, a fresh state and
+  one random device-resident batch: (update, state, batch, rng)."""
+  ids, k, size = config.data.ids_per_batch, config.data.views_per_id, config.data.image_size
   mesh = sharding.make_mesh()
   model, classifier = train.build_modules(config, num_classes)
   tx, schedule = train.make_optimizer(config.optim, 1000)
@@ -36,17 +37,28 @@ def time_batch(config, ids: int, steps: int, num_classes: int) -> float:
       "views": rs.integers(0, 256, (ids, k, size, size, 3), dtype=np.uint8),
       "information_amount": rs.uniform(0.2, 1, (ids, k)).astype(np.float32),
       "label": rs.integers(0, num_classes, ids).astype(np.int32)}, mesh)
-  rng = jax.random.key(1)
-  for _ in range(3):  # Compile and warm up.
-    state, metrics = update(state, batch, rng)
+  return update, state, batch, jax.random.key(1)
+
+
+def time_steps(step, state, batch, rng, *, warmup: int, steps: int):
+  """Runs `warmup` untimed steps (compiling if needed), then times `steps`
+  steps; returns (seconds, the last step's metrics)."""
+  for _ in range(warmup):
+    state, metrics = step(state, batch, rng)
   jax.block_until_ready(metrics)
   t0 = time.perf_counter()
   for _ in range(steps):
-    state, metrics = update(state, batch, rng)
+    state, metrics = step(state, batch, rng)
   jax.block_until_ready(metrics)
-  dt = time.perf_counter() - t0
+  return time.perf_counter() - t0, metrics
+
+
+def time_batch(config, ids: int, steps: int, num_classes: int) -> float:
+  config.data.ids_per_batch = ids
+  update, state, batch, rng = build_step(config, num_classes)
+  seconds, metrics = time_steps(update, state, batch, rng, warmup=3, steps=steps)
   assert np.isfinite(float(metrics["loss/total"]))
-  return ids * k * steps / dt
+  return ids * config.data.views_per_id * steps / seconds
 
 
 def main(argv):
