@@ -34,6 +34,11 @@ def test_ghost_batchnorm_equals_batchnorm_per_group():
       {"params": params, "batch_stats": stats}, x)
   np.testing.assert_allclose(y_eval, (x - stats["mean"]) / np.sqrt(stats["var"] + 1e-5),
                              rtol=1e-5, atol=1e-5)
+  params = {"scale": jnp.linspace(0.5, 2.0, 5), "bias": jnp.linspace(-1.0, 1.0, 5)}
+  y_eval = resnet.GhostBatchNorm(groups=3, use_running_average=True).apply(
+      {"params": params, "batch_stats": stats}, x)
+  want = (x - stats["mean"]) / np.sqrt(stats["var"] + 1e-5) * params["scale"] + params["bias"]
+  np.testing.assert_allclose(y_eval, want, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="must divide the batch"):
     ghost.apply(variables, x[:10], mutable=["batch_stats"])
 
