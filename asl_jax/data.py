@@ -32,11 +32,26 @@ def data_dir(cfg) -> str:
 
 
 _REAL_NAME = re.compile(r"ndec/(full|disc21_dev)(?:_(\d+)_q(\d+))?")
+_FOLDER_NAME = re.compile(r"(?:folder/|ndec/folder_)([A-Za-z0-9_]+?)(?:_(\d+)_q(\d+))?")
+
+
+def folder_set(name: str):
+  """`folder/<name>` (or `ndec/folder_<name>`): a copy-detection set in the
+  DISC21 layout (tfds_ndec/folder.py); its config, else None."""
+  m = _FOLDER_NAME.fullmatch(name)
+  if not m:
+    return None
+  return tfds_ndec.folder_config(m.group(1), int(m.group(2) or 0), int(m.group(3) or 90))
 
 
 def builder(cfg, name: str | None = None) -> tfds.core.DatasetBuilder:
   """The TFDS builder of `config.data` (or of the dataset `name`)."""
   name = name or cfg.name
+  folder_config = folder_set(name)
+  if folder_config is not None:
+    return tfds_ndec.Builder(config=folder_config, data_dir=data_dir(cfg),
+                             file_format="array_record", num_workers=cfg.prepare_workers,
+                             skip_bad_images=cfg.skip_bad_images)
   if name == "ndec/synthetic":
     config = tfds_ndec.synthetic_config(
         **{k: cfg.synthetic[k] for k in _SYNTHETIC_FIELDS})
@@ -51,8 +66,9 @@ def builder(cfg, name: str | None = None) -> tfds.core.DatasetBuilder:
       if not (custom and custom.group(2)):
         raise UserError(
             f"config.data.name={name!r} is not a config of the ndec dataset. "
-            f"Known: {', '.join('ndec/' + k for k in known)}, or "
-            "ndec/full_<max side>_q<JPEG quality> (e.g. ndec/full_384_q85).")
+            f"Known: {', '.join('ndec/' + k for k in known)}, "
+            "ndec/full_<max side>_q<JPEG quality> (e.g. ndec/full_384_q85), or "
+            "folder/<name> for your own set in the DISC21 layout.")
       config = tfds_ndec.real_config(custom.group(1), int(custom.group(2)),
                                      int(custom.group(3)))
     return tfds_ndec.Builder(config=config, data_dir=data_dir(cfg),
@@ -78,13 +94,24 @@ def prepare(cfg, log=print, name: str | None = None) -> tfds.core.DatasetBuilder
   real configs are prepared from the manual directory when it exists."""
   name = name or cfg.name
   b = builder(cfg, name)
+  is_folder = folder_set(name) is not None
   if b.is_prepared():
+    if is_folder:
+      try:
+        tfds_ndec.check_folder_origin(b, cfg.manual_dir)
+      except tfds_ndec.NdecInputError as e:
+        raise UserError(str(e)) from None
     log(f"Using {b.info.full_name} from {b.data_dir}")
     return b
+  if is_folder and not cfg.manual_dir:
+    raise UserError(
+        f"The set {name} is not prepared under {data_dir(cfg)} (looked for {b.data_dir}). "
+        "Give its folder with --config.data.manual_dir=<folder> (references/, queries/, "
+        "ground_truth.csv, optionally train/ and queries.csv; README, 'Your own images').")
   if name == "ndec/synthetic":
     log(f"Building {name} into {b.data_dir} (once; later runs reuse it)")
     b.download_and_prepare(file_format="array_record")
-  elif name.startswith("ndec/") and os.path.isdir(manual_dir(cfg)):
+  elif (name.startswith("ndec/") and os.path.isdir(manual_dir(cfg))) or is_folder:
     log(f"Preparing {name} from {manual_dir(cfg)} into {b.data_dir} (once; an "
         "interrupted prepare resumes)")
     try:

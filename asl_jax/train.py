@@ -243,8 +243,26 @@ def train(config, workdir: str, builder=None):
   os.makedirs(workdir, exist_ok=True)
   builder = builder or data.prepare(config.data, log=log)
   mesh = sharding.make_mesh()
+  splits = builder.info.splits
+  if "train" not in splits:
+    raise UserError(
+        f"{builder.info.full_name} has no training images (its folder has no train/). "
+        "Train on a set that has them and evaluate on this one with "
+        f"--config.eval.data_name={config.data.name}, or add a train/ folder and "
+        "prepare it again under another name.")
   train_src = data.train_source(builder, config.data)
   use_pairs = config.data.pair_ids_per_batch > 0
+  if use_pairs and "train_negative_pairs" not in splits:
+    if data.folder_set(config.data.name) is None:
+      raise UserError(
+          f"data.pair_ids_per_batch={config.data.pair_ids_per_batch} asks for NDEC's "
+          f"hard-negative training pairs, but {builder.info.full_name} has none (its "
+          "download had no negative_pair/ folder). Set --config.data.pair_ids_per_batch=0, "
+          "or unpack negative_pair.tar.* into the download and prepare it again.")
+    log(f"Note: {builder.info.full_name} has no hard-negative training pairs; training "
+        f"on its images alone (data.pair_ids_per_batch={config.data.pair_ids_per_batch} "
+        "is not used).")
+    use_pairs = False
   pairs_src = data.source(builder, "train_negative_pairs") if use_pairs else None
   num_classes = input_pipeline.num_identities(
       len(train_src), len(pairs_src) if use_pairs else 0, use_pairs)

@@ -24,7 +24,7 @@ import shutil
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import splits as splits_lib
 
-from tfds_ndec import manual, shards, synthetic
+from tfds_ndec import folder, manual, shards, synthetic
 from tfds_ndec.features import features
 
 _DESCRIPTION = """NDEC: image copy detection with hard negatives. Queries are
@@ -61,10 +61,11 @@ list_files/dev_ground_truth.csv, val_groundtruth_matches.csv).
 
 @dataclasses.dataclass(eq=False)
 class NdecConfig(tfds.core.BuilderConfig):
-  """source: synthetic | full | disc21_dev. Synthetic sizes apply to the
-  synthetic source; max_side/jpeg_quality to the real ones (0: store the
-  original bytes)."""
+  """source: synthetic | full | disc21_dev | folder. Synthetic sizes apply to
+  the synthetic source; max_side/jpeg_quality to the real ones (0: store the
+  original bytes); folder_name names a set in the DISC21 layout (folder.py)."""
   source: str = "synthetic"
+  folder_name: str = ""
   seed: int = 0
   image_size: int = 128
   num_train: int = 2000
@@ -84,7 +85,8 @@ class NdecConfig(tfds.core.BuilderConfig):
     """What the prepared data depends on (everything but name/description)."""
     if self.source == "synthetic":
       return ("synthetic", self.sizes())
-    return (self.source, self.max_side, self.jpeg_quality if self.max_side else None)
+    return (self.source, self.folder_name, self.max_side,
+            self.jpeg_quality if self.max_side else None)
 
 
 _DEFAULT_SYNTHETIC = NdecConfig(
@@ -130,6 +132,30 @@ def real_config(source: str = "full", max_side: int = 0,
       config, name=f"{source}_{max_side}_q{jpeg_quality}",
       description=f"ndec/{source}, images re-encoded at {max_side} px, "
       f"JPEG quality {jpeg_quality}.")
+
+
+def folder_config(name: str, max_side: int = 0, jpeg_quality: int = 90) -> NdecConfig:
+  """A copy-detection set in the DISC21 layout (folder.py), prepared as
+  `ndec/folder_<name>` (`ndec/folder_<name>_<max side>_q<quality>` when
+  re-encoded)."""
+  name = folder.set_name("", name)
+  suffix = f"_{max_side}_q{jpeg_quality}" if max_side else ""
+  return NdecConfig(name=f"folder_{name}{suffix}", source="folder", folder_name=name,
+                    max_side=max_side, jpeg_quality=jpeg_quality,
+                    description=f"The copy-detection set {name!r} (DISC21 layout).")
+
+
+def check_folder_origin(builder, manual_dir: str):
+  """A prepared folder set must come from `manual_dir`: refuses to reuse a
+  name already prepared from another folder (the two would be confused)."""
+  meta = builder.info.metadata or {}
+  origin = meta.get("folder")
+  if origin and manual_dir and os.path.abspath(os.path.expanduser(manual_dir)) != origin:
+    raise manual.NdecInputError(
+        f"{builder.info.full_name} in {builder.data_dir} was prepared from {origin}, not "
+        f"from {os.path.abspath(manual_dir)}. Give this set another name (config.data.name, "
+        "or --name of `python -m tfds_ndec.prepare folder`), or delete that directory to "
+        "prepare it again.")
 
 
 class Builder(tfds.core.ShardBasedBuilder):
@@ -194,7 +220,11 @@ class Builder(tfds.core.ShardBasedBuilder):
       return {split: shards.plan_synthetic(split, sizes, getattr(sizes, attr))
               for split, (_, attr) in synthetic.EXAMPLE_FNS.items()}
     manual_dir = self._manual_dir(dl_manager)
-    items = _real_items(manual_dir, config.source)
+    if config.source == "folder":
+      items, self._folder_meta = folder.scan(manual_dir)
+    else:
+      items = _real_items(manual_dir, config.source)
+      self._folder_meta = {"negative_pairs": "train_negative_pairs" in items}
     encoding = manual.Encoding(config.max_side, config.jpeg_quality)
     return {split: [shards.RealShard(manual_dir, split, group, encoding,
                                      self.skip_bad_images)
@@ -227,6 +257,7 @@ class Builder(tfds.core.ShardBasedBuilder):
     else:
       reports = self._write_locally(plan, work)
     self._record_skipped(reports)
+    self.info.metadata.update(getattr(self, "_folder_meta", {}))
     shutil.rmtree(work, ignore_errors=True)
 
   def _write_locally(self, plan, work) -> dict:
@@ -306,7 +337,9 @@ def _real_items(manual_dir: str, source: str) -> dict[str, list]:
   else:
     parts = {"references": manual.REFERENCES, "queries": manual.DEV_QUERIES}
     gt_names, pairs = manual.DEV_GROUND_TRUTH, False
-  missing = manual.missing_paths(manual_dir, list(parts.values()), gt_names, pairs)
+  # The hard-negative pairs are optional: without negative_pair/ the dataset
+  # has no train_negative_pairs split, and training with pairs says so.
+  missing = manual.missing_paths(manual_dir, list(parts.values()), gt_names)
   if missing:
     raise manual.ManualDirError(
         f"The manual directory {manual_dir} lacks parts that ndec/{source} "
@@ -324,7 +357,7 @@ def _real_items(manual_dir: str, source: str) -> dict[str, list]:
   rows = sorted(rows, key=lambda r: r.query_id)
   items = {split: list(images.values()) for split, images in found.items()}
   items["queries"] = [(found["queries"][r.query_id], r) for r in rows]
-  if pairs:
+  if pairs and os.path.isdir(os.path.join(manual_dir, manual.PAIRS_DIR)):
     items = {"train": items["train"],
              "train_negative_pairs": manual.scan_pairs(manual_dir),
              "references": items["references"], "queries": items["queries"]}

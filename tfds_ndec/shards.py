@@ -102,7 +102,8 @@ class RealShard:
       return source.id, {**self._image(source), "reference_id": row.reference_id,
                          "kind": kind,
                          "hard_negative_kind": extra.get("hard_negative_kind", ""),
-                         "resembles_id": extra.get("resembles_id", "")}
+                         "resembles_id": extra.get("resembles_id", ""),
+                         "edits": [e for e in extra.get("edits", "").split("+") if e]}
     if self.split == "train_negative_pairs":
       return item.pair_id, {**self._image(item.first), "pair_id": item.pair_id,
                             "partner": self._image(item.second)}

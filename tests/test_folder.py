@@ -1,0 +1,212 @@
+"""Your own copy-detection set in the DISC21 layout (`folder/<name>`), its
+query kinds carried into the data, every bad layout named before any image
+is read; `ndec/full` without NDEC's pairs; and `python -m asl_jax.gate` on
+another system's predictions."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+import tfds_ndec
+from asl_jax import data
+from asl_jax.errors import UserError
+from asl_jax.evaluation import io as eval_io
+from tfds_ndec import fake_layout, folder, manual
+
+from conftest import load_config
+from test_verification import crop, photo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def save(path, image):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(image).save(path, quality=92)
+
+
+def make_set(root, kinds=True, train=True) -> dict:
+  """A tiny set: 4 whole photos and one crop as references; a crop copy, a
+  pasted copy, a reverse crop, a similar photo and a distractor as queries.
+  Ids are free-form names, as any set's are."""
+  photos = {f"ref_{i}": photo(10 + i) for i in range(4)}
+  photos["ref_crop"] = crop(photo(20), 0.25, 0.2, 0.75, 0.8)
+  for rid, im in photos.items():
+    save(os.path.join(root, "references", rid + ".jpg"), im)
+  background = photo(30, 480, 360).copy()
+  background[90:270, 120:360] = np.asarray(Image.fromarray(photos["ref_1"]).resize((240, 180)))
+  queries = {"q_crop": (crop(photos["ref_0"], 0.1, 0.1, 0.8, 0.8), "copy", "ref_0",
+                        "crop(area=0.49)"),
+             "q_paste": (background, "copy", "ref_1", "overlay_onto_photo(0.5)+jpeg(q=50)"),
+             "q_reverse": (photo(20), "hard_negative/reverse_crop", "ref_crop", "whole photo"),
+             "q_similar": (photo(61, 300, 250), "hard_negative/similar", "ref_2", "group"),
+             "q_other": (photo(40), "distractor", "", "")}
+  for qid, (im, *_rest) in queries.items():
+    save(os.path.join(root, "queries", qid + ".jpg"), im)
+  with open(os.path.join(root, "ground_truth.csv"), "w") as f:
+    f.write("query_id,reference_id\n")
+    for qid, (_, kind, ref, _) in queries.items():
+      f.write(f"{qid},{ref if kind == 'copy' else ''}\n")
+  if kinds:
+    with open(os.path.join(root, "queries.csv"), "w", newline="") as f:
+      w = csv.writer(f)
+      w.writerow(["query_id", "kind", "reference_id", "detail"])
+      for qid, (_, kind, ref, detail) in queries.items():
+        w.writerow([qid, kind, ref, detail])
+  if train:
+    for i in range(3):
+      save(os.path.join(root, "train", f"train_{i}.jpg"), photo(50 + i, 200, 150))
+  return queries
+
+
+def cfg_for(root, data_dir, name="folder/mine"):
+  c = load_config().data
+  c.update(name=name, manual_dir=str(root), data_dir=str(data_dir), prepare_workers=1)
+  return c
+
+
+def test_a_folder_set_loads_with_its_kinds_and_edits(tmp_path):
+  make_set(tmp_path / "mine")
+  b = data.prepare(cfg_for(tmp_path / "mine", tmp_path / "data"), log=lambda _: None)
+  assert b.info.full_name == "ndec/folder_mine/1.1.0"
+  assert {k: v.num_examples for k, v in b.info.splits.items()} == {
+      "train": 3, "references": 5, "queries": 5}
+  meta = data.query_metadata(b)
+  assert meta["q_crop"] == {"kind": "copy", "hard_negative_kind": "", "resembles_id": "",
+                            "reference_id": "ref_0", "edits": ["crop"]}
+  assert meta["q_paste"]["edits"] == ["overlay_onto_photo", "jpeg"]
+  assert meta["q_reverse"]["kind"] == "hard_negative"
+  assert meta["q_reverse"]["hard_negative_kind"] == "reverse_crop"
+  assert meta["q_reverse"]["resembles_id"] == "ref_crop"
+  assert meta["q_other"]["kind"] == "distractor"
+  assert b.info.metadata["folder"] == str(tmp_path / "mine")
+  # Another folder under the same name is refused; under another name it is its own set.
+  make_set(tmp_path / "other", kinds=False, train=False)
+  with pytest.raises(UserError, match="was prepared from"):
+    data.prepare(cfg_for(tmp_path / "other", tmp_path / "data"), log=lambda _: None)
+  b2 = data.prepare(cfg_for(tmp_path / "other", tmp_path / "data", "folder/other"),
+                    log=lambda _: None)
+  assert "train" not in b2.info.splits
+  assert data.query_metadata(b2)["q_reverse"]["kind"] == "negative"  # No queries.csv.
+
+
+def test_an_unprepared_set_without_a_folder_says_how(tmp_path):
+  c = cfg_for("", tmp_path / "data")
+  with pytest.raises(UserError, match="manual_dir=<folder>"):
+    data.prepare(c, log=lambda _: None)
+
+
+def _expect_error(root, match):
+  with pytest.raises(manual.NdecInputError, match=match):
+    folder.scan(str(root), log=lambda _: None)
+
+
+def test_bad_layouts_are_named_before_any_image_is_read(tmp_path):
+  root = tmp_path / "s"
+  make_set(root)
+  os.rename(root / "references", root / "refs")
+  _expect_error(root, "reference images: none of")
+  os.rename(root / "refs", root / "references")
+  # An id in two subfolders.
+  save(str(root / "train" / "ref_0.jpg"), photo(1, 64, 48))
+  _expect_error(root, "ref_0 \\(references/ and train/\\)")
+  os.remove(root / "train" / "ref_0.jpg")
+  # The ground truth names a reference with no image.
+  gt = (root / "ground_truth.csv").read_text()
+  (root / "ground_truth.csv").write_text(gt.replace("q_crop,ref_0", "q_crop,ref_9"))
+  _expect_error(root, "name a reference with no image")
+  (root / "ground_truth.csv").write_text(gt)
+  # A query image with no ground-truth row.
+  save(str(root / "queries" / "q_extra.jpg"), photo(2, 64, 48))
+  _expect_error(root, "q_extra")
+  os.remove(root / "queries" / "q_extra.jpg")
+  # queries.csv disagreeing with the ground truth, or with unknown kinds.
+  kinds = (root / "queries.csv").read_text()
+  (root / "queries.csv").write_text(kinds.replace("q_other,distractor", "q_other,copy"))
+  _expect_error(root, "q_other is 'copy' but the ground truth says it copies nothing")
+  (root / "queries.csv").write_text(kinds.replace("distractor", "noise"))
+  _expect_error(root, "kind 'noise'")
+  (root / "queries.csv").write_text(kinds.replace("ref_crop,whole", "ref_7,whole"))
+  _expect_error(root, "resembles ref_7, which has no reference image")
+  (root / "queries.csv").write_text("\n".join(kinds.splitlines()[:-1]) + "\n")
+  _expect_error(root, "have no row \\(q_other\\)")
+  (root / "queries.csv").write_text(kinds)
+  folder.scan(str(root), log=lambda _: None)  # Repaired: passes.
+
+
+def test_unreadable_image_in_a_folder_set_stops_with_its_path(tmp_path):
+  root = tmp_path / "s"
+  make_set(root)
+  (root / "queries" / "q_other.jpg").write_bytes(b"not a jpeg")
+  with pytest.raises(UserError, match="q_other.jpg"):
+    data.prepare(cfg_for(root, tmp_path / "data"), log=lambda _: None)
+
+
+def test_full_without_negative_pairs_prepares_and_pairs_are_refused_by_name(tmp_path):
+  layout = fake_layout.FakeLayout(num_train=6, num_references=5, num_queries=4, num_copies=2,
+                                  num_pairs=2, width=40, height=30)
+  fake_layout.write(str(tmp_path / "manual"), layout)
+  import shutil
+  shutil.rmtree(tmp_path / "manual" / "negative_pair")
+  b = tfds_ndec.Builder(config=tfds_ndec.real_config("full"), data_dir=str(tmp_path / "data"),
+                        file_format="array_record", num_workers=1)
+  b.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=str(tmp_path / "manual")))
+  assert "train_negative_pairs" not in b.info.splits
+  assert b.info.metadata["negative_pairs"] is False
+  from asl_jax import train
+  c = load_config()
+  c.data.update(name="ndec/full", data_dir=str(tmp_path / "data"), pair_ids_per_batch=2)
+  with pytest.raises(UserError, match="has none \\(its download had no negative_pair"):
+    train.train(c, str(tmp_path / "run"), builder=b)
+
+
+def test_gate_cli_applies_a_runs_decision_to_other_predictions(tmp_path):
+  root = tmp_path / "s"
+  queries = make_set(root)
+  refs = sorted(os.path.splitext(f)[0] for f in os.listdir(root / "references"))
+  # Another system's candidates: every query against every reference.
+  pred = tmp_path / "pred.csv"
+  q = [qq for qq in queries for _ in refs]
+  r = refs * len(queries)
+  rng = np.random.default_rng(0)
+  s = rng.uniform(0, 1, len(q))
+  eval_io.write_predictions(str(pred), q, r, s)
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "gate.json").write_text(json.dumps({"decision": "verify", "rescore": 1.0,
+                                             "verify": {}}))
+  cmd = [sys.executable, "-m", "asl_jax.gate", "--predictions", str(pred), "--workdir",
+         str(run), "--queries", str(root / "queries"), "--references", str(root / "references"),
+         "--output", str(tmp_path / "out.csv"), "--ground_truth", str(root / "ground_truth.csv"),
+         "--workers", "1"]
+  out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+  assert out.returncode == 0, out.stderr
+  report = json.loads(out.stdout)
+  kept = eval_io.read_predictions(str(tmp_path / "out.csv"))
+  pairs = dict(zip(zip(kept.query_ids, kept.reference_ids), kept.scores))
+  assert ("q_reverse", "ref_crop") not in pairs           # Dropped: a reverse crop.
+  assert pairs[("q_crop", "ref_0")] > 1 and pairs[("q_paste", "ref_1")] > 1  # Verified copies.
+  assert report["dropped"] >= 1 and report["decision"] == "verify"
+  assert report["after"]["micro_ap"] == pytest.approx(1.0)
+  assert report["after"]["micro_ap"] > report["before"]["micro_ap"]
+  # The norm gate needs the run's norms for these ids: named, with status 2.
+  cmd2 = cmd[:-2] + ["--decision", "norm"]
+  out = subprocess.run(cmd2, capture_output=True, text=True, cwd=ROOT)
+  assert out.returncode == 2 and "queries.h5" in out.stderr
+  eval_io.write_descriptors(str(run / "queries.h5"), list(queries), np.zeros((5, 2)),
+                            gate_norms=np.ones(5))
+  eval_io.write_descriptors(str(run / "references.h5"), refs, np.zeros((5, 2)),
+                            gate_norms=np.array([2, 2, 0.5, 2, 2]))
+  out = subprocess.run(cmd2, capture_output=True, text=True, cwd=ROOT)
+  assert out.returncode == 0, out.stderr
+  assert json.loads(out.stdout)["dropped"] == 5  # Every pair with ref_2 (norm 0.5 < 1).
+  nowhere = [str(tmp_path / "nowhere") if a == str(run) else a for a in cmd]
+  out = subprocess.run(nowhere, capture_output=True, text=True, cwd=ROOT)
+  assert out.returncode == 2 and "gate.json does not exist" in out.stderr
