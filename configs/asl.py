@@ -108,6 +108,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                   # larger than the 48 px training crops, as FixRes.
   e.batch_size = 256
   e.soft_gate_temperature = 0.1   # Soft gate (an extension): score x sigmoid(log ratio / T).
+  e.decision = "verify_else_norm"  # Pairs kept (asl_jax/gate.py): norm (the paper's gate) |
+                                  # calibrated_norm | verify | verify_else_norm |
+                                  # verify_else_calibrated | none. Extensions but norm.
+  e.rescore = 0.0                 # Extension: + this to the score of verified copies.
+  e.calibration = cal = ml_collections.ConfigDict()  # The calibrated gate's threshold:
+  cal.num_images = 256            # training images (with one edited crop each); 0 = off;
+  cal.max_copy_drop = 0.05        # the share of their copy pairs it may drop.
+  e.verify = v = ml_collections.ConfigDict()  # Pairwise verification (verification.py).
+  v.max_side = 512                # Working size of the images.
+  v.num_features = 1000           # SIFT keypoints per image.
+  v.ratio = 0.8                   # Lowe's ratio test.
+  v.ransac_threshold = 0.02       # Inlier distance / query diagonal.
+  v.min_inliers = 10              # Fewer: undecided (kept).
+  v.min_inlier_fraction = 0.15    # Inliers / ratio-test matches; fewer: undecided.
+  v.cover = 0.8                   # Reference outline covers >= this of the query: a copy.
+  v.contrast = 2.0                # Step at the outline / beside it >= this: pasted, a copy.
+  v.mirror = True                 # Also match the mirrored query.
+  v.workers = 0                   # Threads (0: one per core).
   e.score_norm = sn = ml_collections.ConfigDict()  # Against the training set.
   sn.method = "sscd"              # none | sscd (β·mean s_n..s_n_end) | isc (factor·s_n).
   sn.n = 1                        # First background neighbour used (1-based).
@@ -160,7 +178,7 @@ def _paper_recipe(c, asl: bool):
                 norm_ratio=1.0 if asl else 0.0, norm_ratio_pairing="random")
   c.optim.update(learning_rate=3.5e-4, weight_decay=0.0, warmup_steps=40_000)
   c.train.update(total_steps=200_000, log_every=100, checkpoint_every=2000)
-  c.eval.update(batch_size=512, image_size=0)
+  c.eval.update(batch_size=512, image_size=0, decision="norm")  # The paper's gate.
   c.eval.score_norm.method = "none"  # The NDEC protocol (method.md §5); sscd to compare.
 
 

@@ -9,6 +9,7 @@ pairs are (true copies, hard negatives by kind, distractors), and writes
 """
 
 import collections
+import dataclasses
 import json
 import os
 import time
@@ -18,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asl_jax import copy_edits, data, sharding
+from asl_jax import copy_edits, data, input_pipeline, sharding
+from asl_jax import gate as gate_lib
 from asl_jax.evaluation import io as eval_io
 from asl_jax.evaluation import metrics as metrics_lib
 from asl_jax.evaluation import report as report_lib
@@ -122,14 +124,60 @@ def gate_report(categories, keep) -> dict:
     b = counts.get(cat, {"before": 0, "after": 0})
     return (b["before"] - b["after"]) / b["before"] if b["before"] else None
 
+  kinds = sorted(c for c in before if c.startswith("hard_negative:"))
   return {"counts": counts,
           "removed_fraction": {
               "true_copy": removed("true_copy"),
               "hard_negative": removed("hard_negative"),
               "hard_negative:reverse_crop": removed("hard_negative:reverse_crop"),
+              **{c: removed(c) for c in kinds},
               "distractor": removed("distractor"),
               "negative": removed("negative"),
+              "wrong_reference": removed("wrong_reference"),
           }}
+
+
+def calibrate(embed_fn, state, builder, config, size, mesh, log=print) -> dict | None:
+  """The calibrated gate threshold (gate.calibrate_threshold) from training
+  images: each of `eval.calibration.num_images` training images and one crop
+  of it made by the training chain (data.crop_area, data.train_edits),
+  embedded at the evaluation size; None when the set has no training split."""
+  if "train" not in builder.info.splits:
+    return None
+  cal = config.eval.calibration
+  src = data.source(builder, "train")
+  n = min(cal.num_images, len(src))
+  spec = dataclasses.replace(input_pipeline.view_spec(config.data), num_views=2,
+                             image_size=size)
+  backgrounds = input_pipeline.Backgrounds(src) if len(src) > 1 else None
+  rng = np.random.default_rng(config.seed + 0xCA1)
+  pick = np.sort(rng.choice(len(src), n, replace=False))
+  views = []
+  for i in pick:
+    record = src[int(i)]
+    v, _ = input_pipeline.make_views(data.decode_pil(record["image"], record), rng, spec,
+                                     input_pipeline.background_fn(backgrounds, int(i)))
+    views.append(v)
+  images = np.concatenate(views)  # [2n, S, S, 3]: source, view, source, view...
+  devices = jax.device_count()
+  batch = max(config.eval.batch_size // devices, 1) * devices
+  norms = []
+  for start in range(0, len(images), batch):
+    chunk = images[start:start + batch]
+    pad = (-len(chunk)) % devices
+    chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+    _, g = embed_fn(state.params["model"], state.batch_stats,
+                    sharding.global_batch(chunk, mesh))
+    norms.append(np.asarray(g)[:len(chunk) - pad])
+  norms = np.concatenate(norms).reshape(n, 2)
+  result = gate_lib.calibrate_threshold(norms[:, 1] / np.maximum(norms[:, 0], 1e-12),
+                                        cal.max_copy_drop)
+  log(f"  calibrated gate threshold {result['threshold']:.3f} on {n} training images: "
+      f"drops {100 * result['training_copies_dropped']:.1f}% of their copies and "
+      f"{100 * result['training_reverse_dropped']:.1f}% of the reverse pairs (the paper's "
+      f"threshold 1: {100 * result['paper_threshold_training_copies_dropped']:.1f}% / "
+      f"{100 * result['paper_threshold_training_reverse_dropped']:.1f}%)")
+  return result
 
 
 def evaluate_model(model, state, builder, config, workdir, log=print,
@@ -164,19 +212,51 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
     pairs.score = pairs.score - bias[pairs.query_index]
   keep = search.asl_gate(pairs, q_norm, ref_norm)
   soft = search.soft_gate_scores(pairs, q_norm, ref_norm, config.eval.soft_gate_temperature)
-  variants = {"without_gate": (pairs, pairs.score), "with_gate": (pairs.select(keep),
-                                                                  pairs.score[keep]),
-              "soft_gate": (pairs, soft)}
+  ev = config.eval
+  decision = ev.get("decision", "norm")
+  gate_lib.check_decision(decision)
+  calibration = None
+  if ev.calibration.num_images > 0:
+    calibration = calibrate(embed_fn, state, background_builder or builder, config, size,
+                            mesh, log)
+  threshold = calibration["threshold"] if calibration else 1.0
+  calibrated_keep = gate_lib.norm_keep(pairs.query_index, pairs.reference_index, q_norm,
+                                       ref_norm, threshold)
+  verdicts, verify_timing, verify_cfg = None, None, gate_lib.verify_config(ev.verify)
+  if decision.startswith("verify") or ev.rescore:
+    load = lambda src: (lambda i: data.decode_image(src[i]["image"], src[i]))
+    verdicts, verify_timing = gate_lib.verify_candidates(
+        pairs.query_index, pairs.reference_index, load(queries_src), load(refs_src),
+        verify_cfg, ev.verify.workers, log)
+  final_keep = gate_lib.combine(decision, keep, calibrated_keep, verdicts or [])
+  final_scores = pairs.score
+  if ev.rescore and verdicts is not None:
+    final_scores = gate_lib.rescored(pairs.score, verdicts, ev.rescore)
+  variants = {"without_gate": (pairs, pairs.score, None),
+              "with_gate": (pairs.select(keep), pairs.score[keep], keep),
+              "soft_gate": (pairs, soft, None),
+              "calibrated_gate": (pairs.select(calibrated_keep), pairs.score[calibrated_keep],
+                                  calibrated_keep)}
+  if verdicts is not None:
+    for name in ("verify", "verify_else_norm", "verify_else_calibrated"):
+      k = gate_lib.combine(name, keep, calibrated_keep, verdicts)
+      variants[name] = (pairs.select(k), pairs.score[k], k)
+  variants["decision"] = (pairs.select(final_keep), final_scores[final_keep], final_keep)
   results, curves = {}, {}
-  for name, (sel, scores) in variants.items():
+  for name, (sel, scores, _) in variants.items():
     q = [query_ids[i] for i in sel.query_index]
     r = [reference_ids[i] for i in sel.reference_index]
     results[name] = metrics_lib.evaluate(q, r, scores, gt)
-    curves[name.replace("_", " ")] = (q, r, scores, gt)
-    if jax.process_index() == 0 and name != "soft_gate":
-      fname = "predictions.csv" if name == "with_gate" else "predictions_without_gate.csv"
+    if name in ("without_gate", "with_gate", "decision"):
+      curves[{"without_gate": "no gate", "with_gate": "ASL gate (paper)",
+              "decision": f"decision: {decision}"}[name]] = (q, r, scores, gt)
+    if jax.process_index() == 0 and name in ("without_gate", "decision"):
+      fname = "predictions.csv" if name == "decision" else "predictions_without_gate.csv"
       eval_io.write_predictions(os.path.join(workdir, fname), q, r, scores)
   cats = categorize(pairs, query_ids, reference_ids, meta, gt)
+  gate_record = {"decision": decision, "rescore": float(ev.rescore),
+                 "calibration": calibration, "verify": dataclasses.asdict(verify_cfg),
+                 "gate_feature": config.model.gate_feature}
   report = {
       "settings": {"dataset": builder.info.full_name, "k": int(config.eval.k),
                    "search": "faiss IndexFlatIP on L2-normalised descriptors",
@@ -190,10 +270,18 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
                    "image_size": size, "steps": int(state.step)},
       **results,
       "gate": gate_report(cats, keep),
+      "decisions": {name: gate_report(cats, k) for name, (_, _, k) in variants.items()
+                    if k is not None},
+      "decision_settings": gate_record,
+      "verification_timing": verify_timing,
       "breakdown": report_lib.per_kind_breakdown(meta, query_ids, reference_ids, pairs,
                                                  keep, gt),
   }
   if jax.process_index() == 0:
+    with open(os.path.join(workdir, "gate.json"), "w") as f:
+      json.dump(gate_record, f, indent=2)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
     _write_outputs(workdir, report, curves, query_ids, reference_ids, q_desc, q_norm,
                    ref_desc, ref_norm, pairs, keep, gt, meta, queries_src, refs_src)
   log(format_table(report))
@@ -258,25 +346,31 @@ def format_table(report: dict) -> str:
   """The short results table printed at the end of a run."""
   def f(x):
     return "  n/a " if x is None else f"{x:6.3f}"
-  a, b, c = report["without_gate"], report["with_gate"], report["soft_gate"]
-  g = report["gate"]
-  row = lambda name, key: f"{name:24s}" + "".join(f"{f(x[key]):>10s}" for x in (a, b, c))
+  names = ["without_gate", "with_gate", "soft_gate", "calibrated_gate", "decision"]
+  heads = ["no gate", "ASL gate", "soft gate", "calibr.", "decision"]
+  cols = [report[n] for n in names]
+  row = lambda name, key: f"{name:24s}" + "".join(f"{f(x[key]):>10s}" for x in cols)
+  decision = report.get("decision_settings", {}).get("decision", "norm")
   lines = [
       "",
-      f"{'':24s}{'no gate':>10s}{'ASL gate':>10s}{'soft gate':>10s}",
+      f"{'':24s}" + "".join(f"{h:>10s}" for h in heads),
       row("μAP", "micro_ap"), row("Recall@P90", "recall_at_p90"),
       row("Recall@1", "recall_at_rank_1"),
-      f"{'predicted pairs:':24s}{'before':>10s}{'after':>10s}",
+      f"{'predicted pairs:':24s}{'before':>10s}{'ASL gate':>10s}{'decision':>10s}",
   ]
+  g, d = report["gate"], report["decisions"]["decision"]
   for cat, c in g["counts"].items():
-    lines.append(f"  {cat:22s}{c['before']:>10d}{c['after']:>10d}")
-  rf = g["removed_fraction"]
-  lines.append(f"gate removes {_pct(rf['hard_negative:reverse_crop'])} of the "
-               f"reverse-direction hard-negative pairs and {_pct(rf['true_copy'])} "
-               "of the true-copy pairs")
-  if rf.get("negative") is not None:
-    lines.append(f"gate removes {_pct(rf['negative'])} of the pairs of non-copy "
-                 "queries (real data: hard negatives and distractors together)")
+    lines.append(f"  {cat:22s}{c['before']:>10d}{c['after']:>10d}"
+                 f"{d['counts'][cat]['after']:>10d}")
+  for label, rep in (("the paper's ASL gate", g), (f"the decision ({decision})", d)):
+    rf = rep["removed_fraction"]
+    kinds = ", ".join(f"{k.split(':')[1]} {_pct(v)}" for k, v in rf.items()
+                      if k.startswith("hard_negative:") and v is not None)
+    lines.append(f"{label} removes {_pct(rf['true_copy'])} of the true-copy pairs; of the "
+                 f"hard-negative pairs: {kinds or 'n/a'}")
+    if rf.get("negative") is not None:
+      lines.append(f"  and {_pct(rf['negative'])} of the pairs of non-copy queries (real "
+                   "data without kinds: hard negatives and distractors together)")
   return "\n".join(lines)
 
 

@@ -183,3 +183,32 @@ def is_submission_file(path: str) -> bool:
   import h5py
   with h5py.File(path, "r") as f:
     return "query" in f and "reference" in f
+
+
+def read_gate_norms(path: str) -> dict[str, float] | None:
+  """id -> gate-feature norm of a descriptor file written by an asl_jax
+  evaluation (None when the file holds no `gate_norms`)."""
+  import h5py
+  with h5py.File(path, "r") as f:
+    if "gate_norms" not in f:
+      return None
+    ids = [_clean_id(n) for n in f["image_names"][:]]
+    return dict(zip(ids, np.asarray(f["gate_norms"], np.float64).tolist(), strict=True))
+
+
+def image_files(folder: str) -> dict[str, str]:
+  """id (file stem) -> path of every .jpg/.jpeg/.png under `folder`; an id
+  found twice is an error naming both files."""
+  out = {}
+  for root, dirs, files in os.walk(folder):
+    dirs.sort()
+    for name in sorted(files):
+      stem, ext = os.path.splitext(name)
+      if ext.lower() not in (".jpg", ".jpeg", ".png"):
+        continue
+      path = os.path.join(root, name)
+      if stem in out:
+        raise FormatError(f"{folder}: the id {stem} has two images, {out[stem]} and {path}; "
+                          "keep one.")
+      out[stem] = path
+  return out

@@ -1,0 +1,271 @@
+"""Which candidate pairs to keep: ASL's gate, its calibrated form, and
+asymmetric verification; and `python -m asl_jax.gate` for anyone's
+predictions.
+
+The decisions (`eval.decision`):
+  norm                  the paper's gate (method.md §2.3): drop a pair when
+                        |g(query)| > |g(reference)|, a threshold of 1.
+  calibrated_norm       extension: drop when |g(query)| / |g(reference)| > t,
+                        t chosen on training images (`calibrate_threshold`).
+  verify                extension: asymmetric pairwise verification
+                        (verification.py); undecided pairs are kept.
+  verify_else_norm      verification where it decides, the paper's gate
+                        elsewhere; verify_else_calibrated likewise.
+  none                  keep every pair.
+
+Rescoring (`eval.rescore` = w > 0, an extension): a pair that verification
+finds to be a copy gets w added to its score, as the ISC2021 matching-track
+winners raised verified pairs above unverified ones.
+
+  python -m asl_jax.gate --predictions P.csv --workdir RUN \
+      --queries DIR --references DIR --output OUT.csv [--ground_truth G.csv]
+
+reads another system's candidates (`query_id,reference_id,score`), applies
+the run's decision (its gate norms come from RUN/queries.h5 and
+RUN/references.h5, written by the run's evaluation of the same images; its
+calibrated threshold and settings from RUN/gate.json) and writes the kept
+pairs in the same format; with a ground truth it prints the ISC metrics
+before and after.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from asl_jax import verification
+from asl_jax.errors import UserError
+
+DECISIONS = ("none", "norm", "calibrated_norm", "verify", "verify_else_norm",
+             "verify_else_calibrated")
+
+
+def check_decision(decision: str):
+  if decision not in DECISIONS:
+    raise UserError(f"eval.decision={decision!r}: use one of {', '.join(DECISIONS)} "
+                    "(asl_jax/gate.py says what each does).")
+
+
+def norm_keep(query_index, reference_index, query_norm, reference_norm,
+              threshold: float = 1.0) -> np.ndarray:
+  """Keep unless |g(q)| / |g(r)| > threshold (1: the paper's gate)."""
+  return query_norm[query_index] <= threshold * reference_norm[reference_index]
+
+
+def calibrate_threshold(copy_ratios: np.ndarray, max_copy_drop: float) -> dict:
+  """The threshold t on |g(q)| / |g(r)| that drops at most `max_copy_drop`
+  of the copy-direction ratios (a view's norm over its source's, measured on
+  training images): their (1 - max_copy_drop) quantile. Returns t and the
+  rule, for the run's record."""
+  copy_ratios = np.asarray(copy_ratios, np.float64)
+  if not len(copy_ratios) or not 0 <= max_copy_drop < 1:
+    raise UserError("Calibrating the gate needs copy-direction norm ratios of training "
+                    f"views and 0 <= eval.calibration.max_copy_drop < 1 (got "
+                    f"{len(copy_ratios)} ratios, {max_copy_drop}).")
+  t = float(np.quantile(copy_ratios, 1 - max_copy_drop))
+  reverse = 1 / copy_ratios
+  return {"threshold": t,
+          "rule": f"drop when |g(query)|/|g(reference)| > t, t = the {1 - max_copy_drop:.3g} "
+                  "quantile of |g(view)|/|g(source)| over training views (each a crop of "
+                  "its source, edited by the training chain)",
+          "num_views": int(len(copy_ratios)),
+          "training_copies_dropped": float(np.mean(copy_ratios > t)),
+          "training_reverse_dropped": float(np.mean(reverse > t)),
+          "paper_threshold_training_reverse_dropped": float(np.mean(reverse > 1)),
+          "paper_threshold_training_copies_dropped": float(np.mean(copy_ratios > 1))}
+
+
+def combine(decision: str, paper_keep, calibrated_keep, verdicts) -> np.ndarray:
+  """The kept mask of `decision` from its parts (None where not computed)."""
+  n = len(paper_keep)
+  if decision == "none":
+    return np.ones(n, bool)
+  if decision == "norm":
+    return np.asarray(paper_keep)
+  if decision == "calibrated_norm":
+    return np.asarray(calibrated_keep)
+  decided = np.array([v.decided for v in verdicts], bool)
+  verified = np.array([v.keep for v in verdicts], bool)
+  if decision == "verify":
+    return verified
+  fallback = paper_keep if decision == "verify_else_norm" else calibrated_keep
+  return np.where(decided, verified, np.asarray(fallback))
+
+
+def rescored(scores, verdicts, weight: float) -> np.ndarray:
+  """Extension: + weight for pairs verification judged to be copies."""
+  copy = np.array([v.decided and v.keep for v in verdicts], bool)
+  return np.asarray(scores, np.float32) + np.float32(weight) * copy
+
+
+def verify_candidates(query_index, reference_index, load_query, load_reference,
+                      cfg: verification.VerifyConfig, workers: int = 0, log=print):
+  """Verdicts for candidate pairs; features are extracted once for each
+  query and reference that appears (load_*: index -> uint8 RGB image)."""
+  query_index, reference_index = np.asarray(query_index), np.asarray(reference_index)
+  t0 = time.time()
+  qs, rs = np.unique(query_index), np.unique(reference_index)
+  qpos = {int(q): i for i, q in enumerate(qs)}
+  rpos = {int(r): i for i, r in enumerate(rs)}
+  qfeat, qmirror = verification.extract_all((load_query(int(q)) for q in qs), cfg,
+                                            mirror=cfg.mirror)
+  rfeat, _ = verification.extract_all(load_reference(int(r)) for r in rs)
+  t1 = time.time()
+  verdicts = verification.verify_pairs(
+      qfeat, rfeat, [qpos[int(q)] for q in query_index],
+      [rpos[int(r)] for r in reference_index], cfg, qmirror, workers)
+  t2 = time.time()
+  timing = {"images": int(len(qs) + len(rs)), "extract_seconds": t1 - t0,
+            "pairs": int(len(verdicts)), "verify_seconds": t2 - t1,
+            "pairs_per_second": len(verdicts) / max(t2 - t1, 1e-9)}
+  log(f"  verified {len(verdicts)} pairs: features of {timing['images']} images in "
+      f"{t1 - t0:.1f} s, pairs at {timing['pairs_per_second']:.0f}/s")
+  return verdicts, timing
+
+
+def verify_config(cfg) -> verification.VerifyConfig:
+  """`eval.verify` (a ConfigDict or dict) as a VerifyConfig; unknown fields
+  are an error naming them."""
+  fields = {f.name for f in dataclasses.fields(verification.VerifyConfig)}
+  given = dict(cfg)
+  given.pop("workers", None)
+  unknown = sorted(set(given) - fields)
+  if unknown:
+    raise UserError(f"eval.verify has unknown fields {unknown}; known: {sorted(fields)}.")
+  return verification.VerifyConfig(**given)
+
+
+# ---------------------------------------------------------------- the CLI --
+def _read_norms(path: str) -> dict[str, float]:
+  from asl_jax.evaluation import io as eval_io
+  if not os.path.exists(path):
+    raise UserError(f"{path} does not exist: the run's evaluation writes it (with each "
+                    "image's gate norm). Evaluate the run on these images first.")
+  norms = eval_io.read_gate_norms(path)
+  if norms is None:
+    raise UserError(f"{path} holds no gate norms (gate_norms); it was not written by an "
+                    "asl_jax evaluation.")
+  return norms
+
+
+def _image_loader(folder: str):
+  from asl_jax.evaluation.io import image_files
+  files = image_files(folder)
+  from PIL import Image
+
+  def load(image_id: str) -> np.ndarray:
+    if image_id not in files:
+      raise UserError(f"No image for id {image_id} in {folder} (looked for "
+                      f"{image_id}.jpg/.jpeg/.png).")
+    with Image.open(files[image_id]) as im:
+      return np.asarray(im.convert("RGB"))
+  return load, files
+
+
+def apply(predictions, workdir: str, queries: str, references: str,
+          decision: str | None = None, rescore: float | None = None,
+          workers: int = 0, log=print) -> dict:
+  """Applies a run's decision to (query ids, reference ids, scores); returns
+  the kept pairs, their scores and what was done."""
+  q_ids, r_ids, scores = predictions
+  gate_path = os.path.join(workdir, "gate.json")
+  if not os.path.exists(gate_path):
+    raise UserError(f"{gate_path} does not exist: --workdir must be an asl_jax run whose "
+                    "evaluation has finished (it writes gate.json).")
+  with open(gate_path) as f:
+    run = json.load(f)
+  decision = decision or run["decision"]
+  check_decision(decision)
+  weight = run.get("rescore", 0.0) if rescore is None else rescore
+  n = len(q_ids)
+  paper = calibrated = np.ones(n, bool)
+  if decision in ("norm", "calibrated_norm", "verify_else_norm", "verify_else_calibrated"):
+    qn = _read_norms(os.path.join(workdir, "queries.h5"))
+    rn = _read_norms(os.path.join(workdir, "references.h5"))
+    missing = sorted({q for q in q_ids if q not in qn}) + sorted(
+        {r for r in r_ids if r not in rn})
+    if missing:
+      raise UserError(
+          f"{len(missing)} ids of the predictions have no gate norm in {workdir}'s "
+          f"queries.h5/references.h5 (e.g. {', '.join(missing[:5])}): the run was "
+          "evaluated on other images. Evaluate it on this set first "
+          "(--config.eval.data_name), or use --decision verify, which needs no norms.")
+    ratio = np.array([qn[q] / max(rn[r], 1e-12) for q, r in zip(q_ids, r_ids, strict=True)])
+    paper = ratio <= 1.0
+    calibrated = ratio <= run.get("calibration", {}).get("threshold", 1.0)
+  verdicts = None
+  if decision.startswith("verify") or weight:
+    cfg = verify_config(run.get("verify", {}))
+    load_q, qfiles = _image_loader(queries)
+    load_r, rfiles = _image_loader(references)
+    missing = sorted({q for q in q_ids if q not in qfiles}) + sorted(
+        {r for r in r_ids if r not in rfiles})
+    if missing:
+      raise UserError(f"{len(missing)} ids of the predictions have no image in {queries} "
+                      f"or {references} (e.g. {', '.join(missing[:5])}).")
+    uq = sorted(set(q_ids))
+    ur = sorted(set(r_ids))
+    qi = {q: i for i, q in enumerate(uq)}
+    ri = {r: i for i, r in enumerate(ur)}
+    verdicts, timing = verify_candidates(
+        [qi[q] for q in q_ids], [ri[r] for r in r_ids], lambda i: load_q(uq[i]),
+        lambda i: load_r(ur[i]), cfg, workers, log)
+  keep = combine(decision, paper, calibrated,
+                 verdicts if verdicts is not None else [])
+  out_scores = np.asarray(scores, np.float32)
+  if weight and verdicts is not None:
+    out_scores = rescored(out_scores, verdicts, weight)
+  idx = np.flatnonzero(keep)
+  return {"query_ids": [q_ids[i] for i in idx], "reference_ids": [r_ids[i] for i in idx],
+          "scores": out_scores[idx], "decision": decision, "rescore": weight,
+          "kept": int(len(idx)), "dropped": int(n - len(idx)),
+          "verification": timing if verdicts is not None else None}
+
+
+def main(argv=None) -> int:
+  import argparse
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--predictions", required=True, help="CSV query_id,reference_id,score.")
+  p.add_argument("--workdir", required=True, help="The asl_jax run whose gate to apply.")
+  p.add_argument("--queries", required=True, help="Folder of the query images.")
+  p.add_argument("--references", required=True, help="Folder of the reference images.")
+  p.add_argument("--output", required=True, help="Where the kept predictions go (CSV).")
+  p.add_argument("--ground_truth", help="CSV query_id,reference_id: print the metrics.")
+  p.add_argument("--decision", choices=DECISIONS, help="Default: the run's (gate.json).")
+  p.add_argument("--rescore", type=float, help="Default: the run's (gate.json).")
+  p.add_argument("--workers", type=int, default=0, help="Verification threads (0: cores).")
+  args = p.parse_args(argv)
+  from asl_jax import evaluate
+  from asl_jax.evaluation import io as eval_io
+  try:
+    for path in (args.queries, args.references):
+      if not os.path.isdir(path):
+        raise UserError(f"{path} is not a folder of images.")
+    if os.path.isdir(args.output):
+      raise UserError(f"--output {args.output} is a folder; give a file path.")
+    pred = eval_io.read_predictions(args.predictions)
+    gt_rows = eval_io.read_ground_truth(args.ground_truth) if args.ground_truth else None
+    result = apply((pred.query_ids, pred.reference_ids, pred.scores), args.workdir,
+                   args.queries, args.references, args.decision, args.rescore, args.workers,
+                   log=lambda m: print(m, file=sys.stderr))
+    eval_io.write_predictions(args.output, result["query_ids"], result["reference_ids"],
+                              result["scores"])
+    report = {k: v for k, v in result.items()
+              if k not in ("query_ids", "reference_ids", "scores")}
+    if gt_rows is not None:
+      report["before"] = evaluate.evaluate_predictions(
+          pred.query_ids, pred.reference_ids, pred.scores, gt_rows)
+      report["after"] = evaluate.evaluate_predictions(
+          result["query_ids"], result["reference_ids"], result["scores"], gt_rows)
+    print(json.dumps(report, indent=2))
+  except UserError as e:
+    print(f"asl_jax.gate: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

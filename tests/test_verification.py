@@ -1,0 +1,141 @@
+"""Asymmetric pairwise verification and the gate's decisions, on generated
+photos with known geometry: crops are copies, a photo is not a copy of its
+own crop, a photo pasted onto other content or padded is."""
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from asl_jax import gate, verification
+from asl_jax.errors import UserError
+
+
+def photo(seed: int, width: int = 360, height: int = 270) -> np.ndarray:
+  """A keypoint-rich 'photo': a smooth background with random shapes."""
+  rng = np.random.default_rng(seed)
+  coarse = rng.integers(0, 256, (6, 8, 3), np.uint8)
+  im = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+  draw = ImageDraw.Draw(im)
+  for _ in range(90):
+    x, y = rng.integers(0, width), rng.integers(0, height)
+    w, h = rng.integers(4, 40, 2)
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    # Triangles: unlike rectangles and ellipses, not mirror-symmetric, so
+    # that a flipped copy's SIFT descriptors differ from the original's.
+    corners = [(int(x), int(y)), (int(x + w), int(y + rng.integers(0, h))),
+               (int(x + rng.integers(0, w)), int(y + h))]
+    draw.polygon(corners, fill=colour)
+  return np.asarray(im)
+
+
+def crop(image, x0, y0, x1, y1):
+  h, w = image.shape[:2]
+  return np.ascontiguousarray(image[int(y0 * h):int(y1 * h), int(x0 * w):int(x1 * w)])
+
+
+def judge(query, reference, **kw):
+  cfg = verification.VerifyConfig(**kw)
+  return verification.verify(verification.extract(query, cfg), verification.extract(reference, cfg),
+                             cfg, verification.extract(verification.mirrored(query), cfg))
+
+
+P = photo(1)
+
+
+def test_a_crop_of_the_reference_is_a_copy():
+  v = judge(crop(P, 0.2, 0.1, 0.8, 0.9), P)
+  assert v.decided and v.keep and v.reason == "copy:inside"
+  assert v.cover > 0.95 and v.inliers >= 20
+
+
+def test_a_flipped_resized_copy_is_matched_through_the_mirror():
+  flipped = np.asarray(Image.fromarray(P[:, ::-1]).resize((300, 200)))
+  v = judge(flipped, P)
+  assert v.decided and v.keep and v.reason == "copy:inside"
+  # The better of the query and its mirror image is used.
+  assert v.inliers >= judge(flipped, P, mirror=False).inliers
+
+
+def test_the_photo_is_not_a_copy_of_its_own_crop():
+  reference = crop(P, 0.25, 0.2, 0.75, 0.8)  # 30% of the area.
+  v = judge(P, reference)
+  assert v.decided and not v.keep and v.reason == "reverse"
+  assert 0.2 < v.cover < 0.4
+  assert v.contrast < 1.6  # The scene continues across the outline.
+
+
+def test_the_reference_pasted_onto_another_photo_is_a_copy():
+  background = photo(7, 480, 360).copy()
+  small = np.asarray(Image.fromarray(P).resize((240, 180)))
+  background[90:270, 120:360] = small
+  v = judge(background, P)
+  assert v.decided and v.keep and v.reason == "copy:pasted"
+  assert v.cover < 0.5 and v.contrast > 3
+
+
+def test_a_padded_reference_is_a_copy():
+  padded = np.full((P.shape[0] + 120, P.shape[1] + 60, 3), (200, 30, 90), np.uint8)
+  padded[60:60 + P.shape[0], 30:30 + P.shape[1]] = P
+  v = judge(padded, P)
+  assert v.keep and v.reason == "copy:pasted"
+
+
+def test_unrelated_photos_are_undecided_and_kept():
+  v = judge(photo(2), P)
+  assert not v.decided and v.keep and v.reason.startswith("undecided")
+
+
+def test_boundary_contrast_is_one_for_a_continuing_scene_and_large_for_a_step():
+  image = photo(3).astype(np.float32) / 255
+  box = np.array([[90, 60], [270, 60], [270, 210], [90, 210]], np.float32)
+  assert verification.boundary_contrast(image, box) < 1.5
+  stepped = image.copy()
+  stepped[:, :, :] = 0.0
+  stepped[60:210, 90:270] = image[60:210, 90:270]
+  assert verification.boundary_contrast(stepped, box) > 5
+  # An outline along the image's own border has no edge inside it to judge.
+  whole = np.array([[0, 0], [360, 0], [360, 270], [0, 270]], np.float32)
+  assert np.isnan(verification.boundary_contrast(image, whole))
+
+
+def test_verify_pairs_gives_the_same_verdicts_with_threads():
+  images = [P, crop(P, 0.1, 0.1, 0.7, 0.7), photo(5)]
+  feats, mirrors = verification.extract_all(images, mirror=True)
+  qi, ri = [1, 0, 2, 1], [0, 1, 0, 2]
+  one = verification.verify_pairs(feats, feats, qi, ri, query_mirrors=mirrors, workers=1)
+  two = verification.verify_pairs(feats, feats, qi, ri, query_mirrors=mirrors, workers=2)
+  assert [v.reason for v in one] == [v.reason for v in two]
+  assert [v.reason for v in one][:2] == ["copy:inside", "reverse"]
+
+
+def test_calibrated_threshold_is_the_copy_ratio_quantile():
+  ratios = np.linspace(0.5, 1.5, 101)  # Copy-direction ratios |g(view)| / |g(source)|.
+  cal = gate.calibrate_threshold(ratios, 0.1)
+  assert cal["threshold"] == pytest.approx(1.4)
+  assert cal["training_copies_dropped"] == pytest.approx(10 / 101)
+  # Reverse ratios are 1 / ratios; above 1.4 only those of ratios < 1/1.4.
+  assert cal["training_reverse_dropped"] == pytest.approx(np.mean(1 / ratios > 1.4))
+  assert cal["paper_threshold_training_copies_dropped"] == pytest.approx(50 / 101)
+  with pytest.raises(UserError, match="max_copy_drop"):
+    gate.calibrate_threshold(ratios, 1.0)
+
+
+def test_combine_uses_verification_where_it_decides_and_the_norm_gate_elsewhere():
+  V = verification.Verdict
+  verdicts = [V(True, True, 50, 60, 1.0, np.nan, "copy:inside"),
+              V(True, False, 40, 50, 0.4, 0.9, "reverse"),
+              V(False, True, 2, 9, np.nan, np.nan, "undecided:few_inliers"),
+              V(False, True, 2, 9, np.nan, np.nan, "undecided:few_inliers")]
+  paper = np.array([False, True, False, True])
+  calibrated = np.array([True, True, True, False])
+  assert gate.combine("none", paper, calibrated, verdicts).tolist() == [True] * 4
+  assert gate.combine("norm", paper, calibrated, verdicts).tolist() == paper.tolist()
+  assert gate.combine("verify", paper, calibrated, verdicts).tolist() == [True, False, True,
+                                                                         True]
+  assert gate.combine("verify_else_norm", paper, calibrated, verdicts).tolist() == [
+      True, False, False, True]
+  assert gate.combine("verify_else_calibrated", paper, calibrated, verdicts).tolist() == [
+      True, False, True, False]
+  assert gate.rescored([0.5, 0.5, 0.5, 0.5], verdicts, 1.0).tolist() == [1.5, 0.5, 0.5, 0.5]
+  with pytest.raises(UserError, match="eval.decision"):
+    gate.check_decision("maybe")
