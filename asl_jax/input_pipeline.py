@@ -17,14 +17,14 @@ is its own identity and both members sit side by side in the same batch.
 """
 
 import dataclasses
-import os
 
 import grain
 import numpy as np
 from PIL import Image
 
 from asl_jax import copy_edits
-from asl_jax.data import decode_pil
+from asl_jax import views as views_lib
+from asl_jax.data import decode_pil, worker_processes  # noqa: F401 (part of this API)
 from asl_jax.errors import UserError
 
 
@@ -159,17 +159,6 @@ class MergePairs(grain.transforms.Map):
             for k in single}
 
 
-def worker_processes(cfg) -> int:
-  """Grain worker processes of `data.num_workers`: 0 = none (the reader's
-  threads, in this process), n > 0 = n, -1 = one per CPU core this process
-  may use. The copy-edit chain is Python and PIL, so threads share one core
-  (the GIL) and only processes scale it (benchmarks/input_throughput.py)."""
-  n = cfg.get("num_workers", 0)
-  if n == -1:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return n
-
-
 def num_identities(train_size: int, pairs_size: int, use_pairs: bool) -> int:
   """Classes of the per-identity classifier."""
   return train_size + (2 * pairs_size if use_pairs else 0)
@@ -204,11 +193,10 @@ def train_dataset(train_source, pairs_source, cfg, *, seed: int,
     if pair_slots:
       raise ValueError("Pre-generated views (data.views_dir) hold training images only; set "
                        "data.pair_ids_per_batch=0.")
-    from asl_jax import pregenerate  # noqa: PLC0415 (it imports this module)
-    views, _ = pregenerate.open_views(cfg.views_dir, cfg, len(train_source))
+    views, _ = views_lib.open_views(cfg.views_dir, cfg, len(train_source))
     ds = grain.MapDataset.source(views)[process_index::process_count]
     ds = ds.shuffle(seed=seed).repeat(None)
-    ds = ds.random_map(pregenerate.PregeneratedViews(cfg.views_per_id, cfg.image_size), seed=seed)
+    ds = ds.random_map(views_lib.PregeneratedViews(cfg.views_per_id, cfg.image_size), seed=seed)
     return _to_iter(ds.batch(local_ids, drop_remainder=True), cfg)
   spec = view_spec(cfg)
   # data.paste_backgrounds is checked with the rest of the config (train.py).

@@ -6,62 +6,20 @@ Parses the config (ml_collections, locked, overridable with
 stderr and exit status 2, never a library traceback.
 """
 
-import difflib
-import importlib.util
 import os
 import re
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/asl.py or configs/asl.py:ndec.",
-    lock_config=True)
+from asl_jax import cli
+
+_CONFIG = cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo",
                                "Checkpoints, metrics and predictions go here.")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() (SLURM, TPU pods, "
     "or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID).")
-
-
-def _fail(message: str):
-  print(f"asl_jax: error: {message}", file=sys.stderr)
-  sys.exit(2)
-
-
-def check_overrides(argv: list[str]):
-  """Names a misspelled `--config.x.y` field before absl's traceback can."""
-  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  if spec is None and "--config" in argv[:-1]:
-    spec = argv[argv.index("--config") + 1]
-  if spec is None:
-    return
-  path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    _fail(f"the config file {path!r} does not exist; use --config "
-          "configs/asl.py (or configs/asl.py:ndec).")
-  module_spec = importlib.util.spec_from_file_location("_asl_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  try:
-    config = module.get_config(arg or None)
-  except ValueError as e:
-    _fail(str(e))
-  for a in argv:
-    m = re.match(r"--config\.([\w.]+)", a)
-    if not m:
-      continue
-    node, parts = config, m.group(1).split(".")
-    for i, part in enumerate(parts):
-      keys = list(node.keys()) if hasattr(node, "keys") else []
-      if part not in keys:
-        here = ".".join(parts[:i]) or "the config"
-        close = difflib.get_close_matches(part, keys, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        _fail(f"unknown config field --config.{m.group(1)}: {here} has no "
-              f"field {part!r}.{hint} Known fields there: {', '.join(keys)}.")
-      node = node[part]
 
 
 def main(argv):
@@ -85,13 +43,13 @@ def main(argv):
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
-    _fail(str(e))
+    cli.fail(str(e))
   except jax.errors.JaxRuntimeError as e:
     if "out of memory" not in str(e).lower() and "RESOURCE_EXHAUSTED" not in str(e):
       raise
     size = re.search(r"allocating (\d+) bytes", str(e))
     amount = f" allocating {int(size.group(1)) / 1e9:.1f} GB" if size else ""
-    _fail(f"The device ran out of memory{amount} ({jax.devices()[0].device_kind}). "
+    cli.fail(f"The device ran out of memory{amount} ({jax.devices()[0].device_kind}). "
           "Lower the batch "
           "(--config.data.ids_per_batch, data.views_per_id), the input size "
           "(--config.data.image_size) or the model (--config.model.variant), use "
@@ -103,7 +61,7 @@ def main(argv):
 
 
 def run():
-  check_overrides(sys.argv[1:])
+  cli.check_overrides(sys.argv[1:])
   flags.mark_flags_as_required(["config"])
   app.run(main)
 

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from asl_jax import checkpointing, copy_edits, data, input_pipeline, losses, sharding, tensorboard
+from asl_jax import (checkpointing, config_check, copy_edits, data, input_pipeline, losses,
+                     sharding, tensorboard)
 from asl_jax.errors import UserError
 from asl_jax.models import resnet
 
@@ -198,6 +199,7 @@ def make_update_fn(model, classifier, tx, schedule, config, mesh, state):
 
 # ------------------------------------------------------------------ train --
 def _check_config(config):
+  config_check.validate(config, num_devices=jax.device_count())
   d, l = config.data, config.loss
   if d.views_per_id < 2:
     raise UserError(f"data.views_per_id={d.views_per_id}: ASL compares views "
@@ -374,11 +376,16 @@ def _append_jsonl(path: str, record: dict):
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains, then evaluates on the queries and references; returns metrics."""
+  """Trains, then evaluates on the queries and references; returns metrics.
+  The config, the workdir and both datasets are checked before training."""
   from asl_jax.evaluation import icd
-  model, state, builder = train(config, workdir)
+  config_check.validate(config, workdir, jax.device_count())
+  builder = data.prepare(config.data, log=log)
   eval_builder = builder
   if config.eval.data_name and config.eval.data_name != config.data.name:
     eval_builder = data.prepare(config.data, log=log, name=config.eval.data_name)
+  config_check.check_reference_count(
+      config, eval_builder.info.splits["references"].num_examples, eval_builder.info.full_name)
+  model, state, builder = train(config, workdir, builder=builder)
   return icd.evaluate_model(model, state, eval_builder, config, workdir, log=log,
                             background_builder=builder)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from asl_jax import data, input_pipeline, pregenerate, train
+from asl_jax import data, input_pipeline, pregenerate, train, views
 from asl_jax.errors import UserError
 from conftest import tiny_config
 
@@ -120,7 +120,7 @@ def test_views_that_do_not_fit_the_config_are_named(views_dir, tiny_builder, dat
 
 def test_a_damaged_view_is_named():
   with pytest.raises(UserError, match="pre-generated view could not be decoded.*Make the views"):
-    pregenerate.PregeneratedViews(2, 32).view(b"not a jpeg", np.random.default_rng(0))
+    views.PregeneratedViews(2, 32).view(b"not a jpeg", np.random.default_rng(0))
 
 
 def test_each_read_view_keeps_its_own_amount():
@@ -128,7 +128,7 @@ def test_each_read_view_keeps_its_own_amount():
   # pad and crop, a view's centre must still show the level of its amount.
   jpegs = [pregenerate._jpeg(np.full((32, 32, 3), 40 * j, np.uint8), 95) for j in range(6)]
   blob = pregenerate.pack(7, np.arange(6, dtype=np.float32) / 10, jpegs)
-  reader = pregenerate.PregeneratedViews(4, 32)
+  reader = views.PregeneratedViews(4, 32)
   for seed in range(5):
     out = reader.random_map(blob, np.random.default_rng(seed))
     assert out["label"] == 7 and out["views"].shape == (4, 32, 32, 3)

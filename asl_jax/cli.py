@@ -1,0 +1,58 @@
+"""What the command-line entry points share: the `--config` flag, the
+check of `--config.x.y` overrides before absl parses them, and the one-
+paragraph error with exit status 2. `main` and `pregenerate` import it (not
+each other)."""
+
+import difflib
+import importlib.util
+import os
+import re
+import sys
+
+from ml_collections import config_flags
+
+
+def define_config_flag():
+  """--config (locked, overridable with --config.a.b=value)."""
+  return config_flags.DEFINE_config_file(
+      "config", None, "Config file, e.g. configs/asl.py or configs/asl.py:ndec.",
+      lock_config=True)
+
+
+def fail(message: str):
+  print(f"asl_jax: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def check_overrides(argv: list[str]):
+  """Names a misspelled `--config.x.y` field before absl's traceback can."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None and "--config" in argv[:-1]:
+    spec = argv[argv.index("--config") + 1]
+  if spec is None:
+    return
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    fail(f"the config file {path!r} does not exist; use --config "
+          "configs/asl.py (or configs/asl.py:ndec).")
+  module_spec = importlib.util.spec_from_file_location("_asl_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  try:
+    config = module.get_config(arg or None)
+  except ValueError as e:
+    fail(str(e))
+  for a in argv:
+    m = re.match(r"--config\.([\w.]+)", a)
+    if not m:
+      continue
+    node, parts = config, m.group(1).split(".")
+    for i, part in enumerate(parts):
+      keys = list(node.keys()) if hasattr(node, "keys") else []
+      if part not in keys:
+        here = ".".join(parts[:i]) or "the config"
+        close = difflib.get_close_matches(part, keys, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        fail(f"unknown config field --config.{m.group(1)}: {here} has no "
+              f"field {part!r}.{hint} Known fields there: {', '.join(keys)}.")
+      node = node[part]

@@ -1,0 +1,166 @@
+"""The whole config checked before any data is prepared or any step runs.
+
+Each field's type, range or allowed values, then the constraints between
+fields; the first failure is a `UserError` of one paragraph naming the field,
+its value, what is allowed and what to do (main prints it, exit status 2).
+README, "Bad input", lists what is covered.
+"""
+
+import numbers
+import os
+
+from asl_jax.errors import UserError
+
+
+def _int(lo=None, hi=None):
+  def check(v):
+    return isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo) and (
+        hi is None or v <= hi)
+  what = "an integer" + (f" >= {lo}" if lo is not None else "") + (
+      f" and <= {hi}" if hi is not None else "")
+  return check, what
+
+
+def _num(lo=None, hi=None, lo_open=False, hi_open=False):
+  def check(v):
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+      return False
+    ok_lo = lo is None or (v > lo if lo_open else v >= lo)
+    ok_hi = hi is None or (v < hi if hi_open else v <= hi)
+    return ok_lo and ok_hi
+  parts = []
+  if lo is not None:
+    parts.append(f"{'>' if lo_open else '>='} {lo}")
+  if hi is not None:
+    parts.append(f"{'<' if hi_open else '<='} {hi}")
+  return check, "a number " + " and ".join(parts)
+
+
+def _one_of(*values):
+  return (lambda v: v in values), "one of " + ", ".join(repr(v) for v in values)
+
+
+def _pair(lo, hi):
+  def check(v):
+    return (isinstance(v, (tuple, list)) and len(v) == 2
+            and all(isinstance(x, numbers.Real) for x in v) and lo <= v[0] <= v[1] <= hi
+            and v[1] > 0)
+  return check, f"two numbers (low, high) with {lo} <= low <= high <= {hi}"
+
+
+def _dims():
+  def check(v):
+    return (isinstance(v, (tuple, list)) and len(v) == 2
+            and all(isinstance(x, int) and x > 0 for x in v))
+  return check, "two positive integers (hidden, output)"
+
+
+RULES = {
+    "seed": _int(0),
+    "data.image_size": _int(16, 4096),
+    "data.ids_per_batch": _int(1),
+    "data.views_per_id": _int(2),
+    "data.pair_ids_per_batch": _int(0),
+    "data.crop_area": _pair(0.0, 1.0),
+    "data.train_every": _int(1),
+    "data.num_threads": _int(1),
+    "data.prepare_workers": _int(0),
+    "data.paste_backgrounds": _one_of("train", "synthetic"),
+    "model.variant": _one_of("tiny", "r18", "r34", "r50", "r101", "r152"),
+    "model.width": _int(1),
+    "model.last_stride": _one_of(1, 2),
+    "model.projector_dims": _dims(),
+    "model.descriptor_dim": _int(1),
+    "model.gate_feature": _one_of("pooled", "projector"),
+    "model.dtype": _one_of("float32", "bfloat16", "float16"),
+    "model.bn_groups": _int(1),
+    "model.wave_chunk": _int(1),
+    "loss.info_nce": _num(0), "loss.koleo": _num(0), "loss.triplet": _num(0),
+    "loss.classification": _num(0), "loss.norm_ratio": _num(0),
+    "loss.temperature": _num(0, lo_open=True),
+    "loss.label_smoothing": _num(0, 1, hi_open=True),
+    "loss.cosine_scale": _num(0),
+    "loss.norm_ratio_pairing": _one_of("all", "random"),
+    "loss.triplet_feature": _one_of("pooled", "descriptor", "projected"),
+    "optim.learning_rate": _num(0, lo_open=True),
+    "optim.warmup_steps": _int(0),
+    "optim.warmup_init_factor": _num(0, 1), "optim.end_factor": _num(0, 1),
+    "optim.weight_decay": _num(0), "optim.grad_clip_norm": _num(0),
+    "optim.b1": _num(0, 1, hi_open=True), "optim.b2": _num(0, 1, hi_open=True),
+    "train.total_steps": _int(1), "train.log_every": _int(1),
+    "train.checkpoint_every": _int(1), "train.keep_checkpoints": _int(1),
+    "eval.k": _int(1), "eval.batch_size": _int(1), "eval.image_size": _int(0, 4096),
+    "eval.soft_gate_temperature": _num(0, lo_open=True),
+    "eval.decision": _one_of("none", "norm", "calibrated_norm", "verify", "verify_else_norm",
+                             "verify_else_calibrated"),
+    "eval.rescore": _num(0),
+    "eval.calibration.num_images": _int(0),
+    "eval.calibration.max_copy_drop": _num(0, 1, hi_open=True),
+    "eval.verify.max_side": _int(32), "eval.verify.num_features": _int(10),
+    "eval.verify.ratio": _num(0, 1, lo_open=True),
+    "eval.verify.ransac_threshold": _num(0, 1, lo_open=True),
+    "eval.verify.min_inliers": _int(3),
+    "eval.verify.min_inlier_fraction": _num(0, 1),
+    "eval.verify.cover": _num(0, 1, lo_open=True), "eval.verify.contrast": _num(0, lo_open=True),
+    "eval.verify.workers": _int(0),
+    "eval.score_norm.method": _one_of("none", "sscd", "isc"),
+    "eval.score_norm.n": _int(1), "eval.score_norm.n_end": _int(1),
+    "eval.score_norm.factor": _num(0),
+}
+
+
+def _get(config, path):
+  node = config
+  for part in path.split("."):
+    if not hasattr(node, "keys") or part not in node.keys():
+      return _MISSING
+    node = node[part]
+  return node
+
+
+_MISSING = object()
+
+
+def _fail(field, value, allowed, hint=""):
+  raise UserError(f"--config.{field}={value!r} is not allowed: it must be {allowed}. "
+                  + (hint or f"Set --config.{field} to such a value (configs/asl.py "
+                     "documents each field)."))
+
+
+def validate(config, workdir: str | None = None, num_devices: int | None = None):
+  """Raises a UserError for the first bad field or combination."""
+  for field, (check, allowed) in RULES.items():
+    value = _get(config, field)
+    if value is not _MISSING and not check(value):
+      _fail(field, value, allowed)
+  d, e = config.data, config.eval
+  if d.pair_ids_per_batch % 2 or d.pair_ids_per_batch >= d.ids_per_batch:
+    _fail("data.pair_ids_per_batch", d.pair_ids_per_batch,
+          f"even (two identities per pair) and below data.ids_per_batch={d.ids_per_batch}")
+  if e.score_norm.method == "sscd" and e.score_norm.n_end < e.score_norm.n:
+    _fail("eval.score_norm.n_end", e.score_norm.n_end,
+          f"at least eval.score_norm.n={e.score_norm.n}")
+  if num_devices:
+    batch = d.ids_per_batch * d.views_per_id
+    if batch % num_devices:
+      raise UserError(
+          f"The batch of data.ids_per_batch x data.views_per_id = {d.ids_per_batch} x "
+          f"{d.views_per_id} = {batch} images does not split evenly over {num_devices} "
+          "devices; choose --config.data.ids_per_batch so that it does.")
+    groups = config.model.get("bn_groups", 1)
+    if groups > 1 and (batch // num_devices) % groups:
+      raise UserError(
+          f"--config.model.bn_groups={groups} does not divide the {batch // num_devices} "
+          "images each device holds; choose a divisor of it (1 = BatchNorm over the batch).")
+  if workdir is not None and os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"--workdir={workdir!r} is an existing file, not a directory. Give a "
+                    "new or existing directory for checkpoints and reports; the file was "
+                    "left as it is.")
+
+
+def check_reference_count(config, num_references: int, name: str):
+  """eval.k must not exceed the references once their number is known."""
+  if config.eval.k > num_references:
+    _fail("eval.k", config.eval.k, f"at most the {num_references} references of {name}",
+          f"Set --config.eval.k to {min(10, num_references)} or another value up to "
+          f"{num_references}.")
