@@ -5,7 +5,8 @@
     queries/          query images
     ground_truth.csv  query_id,reference_id (empty reference_id: not a copy)
     train/            optional: unlabelled training images
-    queries.csv       optional: query_id,kind[,reference_id][,detail]; kind is
+    queries.csv       optional: query_id,kind[,reference_id][,detail]
+                      [,information_amount]; kind is
                       copy | distractor | hard_negative/<subkind>; for a hard
                       negative, reference_id names the reference it resembles
                       (not a match); detail of a copy lists its edits
@@ -56,6 +57,7 @@ class QueryKind:
   hard_negative_kind: str  # The <subkind> of hard_negative/<subkind>.
   resembles_id: str        # Hard negatives: the reference they resemble.
   edits: str               # Copies: the edits, '+'-separated names.
+  information_amount: str = ""  # Copies: the share of the reference kept ('' unknown).
 
 
 def edit_names(detail: str) -> str:
@@ -97,8 +99,18 @@ def read_query_kinds(path: str) -> dict[str, tuple[int, QueryKind, str]]:
       bad.append(f"line {line}: {q} already on line {out[q][0]}")
       continue
     ref = row.get("reference_id", "")
+    amount = row.get("information_amount", "")
+    if amount:
+      try:
+        ok = 0 <= float(amount) <= 1
+      except ValueError:
+        ok = False
+      if not ok:
+        bad.append(f"line {line}: information_amount {amount!r} (a number in [0, 1])")
+        continue
     out[q] = (line, QueryKind(main, sub, ref if main == "hard_negative" else "",
-                              edit_names(row.get("detail", "")) if main == "copy" else ""),
+                              edit_names(row.get("detail", "")) if main == "copy" else "",
+                              amount if main == "copy" else ""),
               ref)
   if bad:
     raise manual.NdecInputError(
@@ -193,7 +205,8 @@ def _with_kind(row: manual.GroundTruthRow, kind):
   _, k, _ = kind
   extra = dict(row.extra)
   extra.update(kind=k.kind, hard_negative_kind=k.hard_negative_kind,
-               resembles_id=k.resembles_id, edits=k.edits)
+               resembles_id=k.resembles_id, edits=k.edits,
+               information_amount=k.information_amount)
   return dataclasses.replace(row, extra=tuple(sorted(extra.items())))
 
 

@@ -26,6 +26,8 @@ import os
 import shutil
 import time
 
+import numpy as np
+
 from tfds_ndec import features as features_lib
 from tfds_ndec import manual
 
@@ -103,7 +105,9 @@ class RealShard:
                          "kind": kind,
                          "hard_negative_kind": extra.get("hard_negative_kind", ""),
                          "resembles_id": extra.get("resembles_id", ""),
-                         "edits": [e for e in extra.get("edits", "").split("+") if e]}
+                         "edits": [e for e in extra.get("edits", "").split("+") if e],
+                         "information_amount": np.float32(
+                             float(extra.get("information_amount") or 1.0))}
     if self.split == "train_negative_pairs":
       return item.pair_id, {**self._image(item.first), "pair_id": item.pair_id,
                             "partner": self._image(item.second)}
