@@ -72,10 +72,21 @@ def calibrate_threshold(copy_ratios: np.ndarray, max_copy_drop: float) -> dict:
                   "quantile of |g(view)|/|g(source)| over training views (each a crop of "
                   "its source, edited by the training chain)",
           "num_views": int(len(copy_ratios)),
+          "separation_auc": separation(copy_ratios, reverse),
           "training_copies_dropped": float(np.mean(copy_ratios > t)),
           "training_reverse_dropped": float(np.mean(reverse > t)),
           "paper_threshold_training_reverse_dropped": float(np.mean(reverse > 1)),
           "paper_threshold_training_copies_dropped": float(np.mean(copy_ratios > 1))}
+
+
+def separation(copy_ratios, reverse_ratios) -> float | None:
+  """AUC of the norm ratio: the chance that a reverse-direction pair's
+  |g(q)|/|g(r)| exceeds a copy pair's (0.5: the norms say nothing; 1: a
+  threshold separates them)."""
+  c, v = np.asarray(copy_ratios, np.float64), np.asarray(reverse_ratios, np.float64)
+  if not len(c) or not len(v):
+    return None
+  return float(np.mean(v[:, None] > c[None, :]) + 0.5 * np.mean(v[:, None] == c[None, :]))
 
 
 def combine(decision: str, paper_keep, calibrated_keep, verdicts) -> np.ndarray:

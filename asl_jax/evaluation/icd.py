@@ -137,16 +137,11 @@ def gate_report(categories, keep) -> dict:
           }}
 
 
-def calibrate(embed_fn, state, builder, config, size, mesh, log=print) -> dict | None:
-  """The calibrated gate threshold (gate.calibrate_threshold) from training
-  images: each of `eval.calibration.num_images` training images and one crop
-  of it made by the training chain (data.crop_area, data.train_edits),
-  embedded at the evaluation size; None when the set has no training split."""
-  if "train" not in builder.info.splits:
-    return None
-  cal = config.eval.calibration
-  src = data.source(builder, "train")
-  n = min(cal.num_images, len(src))
+def view_norms(embed_fn, state, src, config, size, mesh, num_images: int) -> np.ndarray:
+  """Gate norms [n, 2] of n images of `src` (column 0) and of one crop of
+  each made by the training chain (column 1: data.crop_area, data.train_edits),
+  embedded at the evaluation size."""
+  n = min(num_images, len(src))
   spec = dataclasses.replace(input_pipeline.view_spec(config.data), num_views=2,
                              image_size=size)
   backgrounds = input_pipeline.Backgrounds(src) if len(src) > 1 else None
@@ -169,7 +164,19 @@ def calibrate(embed_fn, state, builder, config, size, mesh, log=print) -> dict |
     _, g = embed_fn(state.params["model"], state.batch_stats,
                     sharding.global_batch(chunk, mesh))
     norms.append(np.asarray(g)[:len(chunk) - pad])
-  norms = np.concatenate(norms).reshape(n, 2)
+  return np.concatenate(norms).reshape(n, 2)
+
+
+def calibrate(embed_fn, state, builder, config, size, mesh, log=print) -> dict | None:
+  """The calibrated gate threshold (gate.calibrate_threshold) from
+  `eval.calibration.num_images` training images and a crop of each
+  (`view_norms`); None when the set has no training split."""
+  if "train" not in builder.info.splits:
+    return None
+  cal = config.eval.calibration
+  norms = view_norms(embed_fn, state, data.source(builder, "train"), config, size, mesh,
+                     cal.num_images)
+  n = len(norms)
   result = gate_lib.calibrate_threshold(norms[:, 1] / np.maximum(norms[:, 0], 1e-12),
                                         cal.max_copy_drop)
   log(f"  calibrated gate threshold {result['threshold']:.3f} on {n} training images: "
@@ -178,6 +185,35 @@ def calibrate(embed_fn, state, builder, config, size, mesh, log=print) -> dict |
       f"threshold 1: {100 * result['paper_threshold_training_copies_dropped']:.1f}% / "
       f"{100 * result['paper_threshold_training_reverse_dropped']:.1f}%)")
   return result
+
+
+def norm_diagnostics(embed_fn, state, src, config, size, mesh, meta, q_norm, ref_norm,
+                     refs_src, calibration, log=print) -> dict:
+  """Does the gate norm carry information amount, and where? The norm
+  ratio's separation (gate.separation, an AUC) of copy-direction and
+  reverse-direction pairs on: training images and crops of them (what the
+  norm-ratio loss saw), references and crops of them (the same kind of views
+  of images never trained on; a diagnostic, nothing is fitted on it), and
+  the set's own copies against its reverse-crop hard negatives."""
+  out = {"training_views": calibration and calibration["separation_auc"]}
+  n = config.eval.calibration.num_images
+  if n > 0:
+    norms = view_norms(embed_fn, state, src, config, size, mesh, n)
+    ratio = norms[:, 1] / np.maximum(norms[:, 0], 1e-12)
+    out["unseen_views"] = gate_lib.separation(ratio, 1 / ratio)
+  ref_pos = {data.text(refs_src[i]["id"]): i for i in range(len(refs_src))}
+  ratio = lambda qi, r: float(q_norm[qi] / max(ref_norm[ref_pos[r]], 1e-12))
+  copies = [ratio(i, m["reference_id"]) for i, m in enumerate(meta.values())
+            if m["kind"] == "copy" and m["reference_id"] in ref_pos]
+  reverse = [ratio(i, m["resembles_id"]) for i, m in enumerate(meta.values())
+             if m["hard_negative_kind"] == "reverse_crop" and m["resembles_id"] in ref_pos]
+  out["set_pairs"] = gate_lib.separation(copies, reverse)
+  out["set_pairs_counts"] = {"copies": len(copies), "reverse_crops": len(reverse)}
+  f = lambda x: "n/a" if x is None else f"{x:.3f}"
+  log(f"  norm-ratio separation (AUC, 0.5 = none): training views {f(out['training_views'])}, "
+      f"unseen views {f(out.get('unseen_views'))}, this set's copies vs reverse crops "
+      f"{f(out['set_pairs'])}")
+  return out
 
 
 def evaluate_model(model, state, builder, config, workdir, log=print,
@@ -220,6 +256,8 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
     calibration = calibrate(embed_fn, state, background_builder or builder, config, size,
                             mesh, log)
   threshold = calibration["threshold"] if calibration else 1.0
+  diagnostics = norm_diagnostics(embed_fn, state, refs_src, config, size, mesh, meta,
+                                 q_norm, ref_norm, refs_src, calibration, log)
   calibrated_keep = gate_lib.norm_keep(pairs.query_index, pairs.reference_index, q_norm,
                                        ref_norm, threshold)
   verdicts, verify_timing, verify_cfg = None, None, gate_lib.verify_config(ev.verify)
@@ -273,6 +311,7 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
       "decisions": {name: gate_report(cats, k) for name, (_, _, k) in variants.items()
                     if k is not None},
       "decision_settings": gate_record,
+      "norm_diagnostics": diagnostics,
       "verification_timing": verify_timing,
       "breakdown": report_lib.per_kind_breakdown(meta, query_ids, reference_ids, pairs,
                                                  keep, gt),
