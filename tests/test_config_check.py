@@ -40,7 +40,7 @@ def test_bad_fields_are_named_before_any_work(tmp_path, field, value, match):
 
 
 def test_the_default_configs_pass():
-  for arg in (None, "ndec", "ndec_baseline", "ndec_sscd", "ndec_sscd_baseline"):
+  for arg in (None, "ndec", "ndec_baseline", "ndec_sscd", "ndec_sscd_baseline", "photos"):
     config_check.validate(load_config(arg), num_devices=1)
 
 

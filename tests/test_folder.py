@@ -210,3 +210,39 @@ def test_gate_cli_applies_a_runs_decision_to_other_predictions(tmp_path):
   nowhere = [str(tmp_path / "nowhere") if a == str(run) else a for a in cmd]
   out = subprocess.run(nowhere, capture_output=True, text=True, cwd=ROOT)
   assert out.returncode == 2 and "gate.json does not exist" in out.stderr
+
+
+def test_prepare_cli_names_the_set_after_its_folder(tmp_path):
+  make_set(tmp_path / "My Set", train=False)
+  make_set(tmp_path / "other", kinds=False, train=False)
+  base = [sys.executable, "-m", "tfds_ndec.prepare", "folder", "--data_dir",
+          str(tmp_path / "data"), "--workers", "1"]
+  r = subprocess.run(base + ["--manual_dir", str(tmp_path / "My Set")], cwd=ROOT,
+                     capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  assert "Prepared ndec/folder_my_set/1.1.0" in r.stdout
+  r = subprocess.run(base + ["--manual_dir", str(tmp_path / "other"), "--name", "my_set"],
+                     cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode == 2 and "was prepared from" in r.stderr
+
+
+PHOTO_DEV = os.path.join(os.path.dirname(ROOT), "shared", "data", "photo_dev")
+
+
+@pytest.mark.skipif(not os.path.isdir(PHOTO_DEV),
+                    reason=f"the development set is not here ({PHOTO_DEV}); it lives outside "
+                           "the repository")
+def test_the_development_set_loads_with_its_kinds(tmp_path):
+  with open(os.path.join(PHOTO_DEV, "manifest.json")) as f:
+    counts = json.load(f)["counts"]
+  b = data.prepare(cfg_for(PHOTO_DEV, tmp_path / "data", "folder/photo_dev"), log=lambda _: None)
+  assert {k: v.num_examples for k, v in b.info.splits.items()} == {
+      "train": counts["train"], "references": counts["references"],
+      "queries": counts["queries"]}
+  meta = data.query_metadata(b)
+  kinds = {}
+  for m in meta.values():
+    key = m["kind"] + ("/" + m["hard_negative_kind"] if m["hard_negative_kind"] else "")
+    kinds[key] = kinds.get(key, 0) + 1
+  assert kinds == counts["queries_by_kind"]
+  assert all(m["edits"] for m in meta.values() if m["kind"] == "copy")

@@ -1,8 +1,10 @@
-"""Prepare `ndec/full` or `ndec/disc21_dev` from a manual download, without
+"""Prepare `ndec/full` or `ndec/disc21_dev` from a manual download, or your
+own copy-detection set in the DISC21 layout as `ndec/folder_<name>`, without
 TensorFlow (TFDS's own `tfds build` command imports TensorFlow).
 
   python -m tfds_ndec.prepare full --manual_dir ~/ndec_download \
       --data_dir ~/tensorflow_datasets --workers 0 --max_side 512
+  python -m tfds_ndec.prepare folder --manual_dir ~/my_set [--name my_set]
 
 A re-run after an interruption reuses the shards already written. Bad input
 (a missing part, a malformed ground truth, an unreadable image) stops with a
@@ -30,7 +32,9 @@ def _peak_rss_mb() -> tuple[float, float]:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("source", choices=["full", "disc21_dev"])
+  p.add_argument("source", choices=["full", "disc21_dev", "folder"])
+  p.add_argument("--name", default="",
+                 help="folder: the set's name (default: the folder's own name).")
   p.add_argument("--manual_dir", required=True, help="Where the download is.")
   p.add_argument("--data_dir", default=os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
   p.add_argument("--workers", type=int, default=0, help="Processes (0: one per core).")
@@ -49,7 +53,16 @@ def main(argv=None) -> int:
                  help="Beam pipeline options, space separated (e.g. '--direct_num_workers=8').")
   args = p.parse_args(argv)
 
-  config = tfds_ndec.real_config(args.source, args.max_side, args.jpeg_quality)
+  try:
+    if args.source == "folder":
+      from tfds_ndec import folder
+      config = tfds_ndec.folder_config(folder.set_name(args.manual_dir, args.name),
+                                       args.max_side, args.jpeg_quality)
+    else:
+      config = tfds_ndec.real_config(args.source, args.max_side, args.jpeg_quality)
+  except manual.NdecInputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   builder = tfds_ndec.Builder(config=config, data_dir=os.path.expanduser(args.data_dir),
                               file_format=args.file_format, num_workers=args.workers,
                               skip_bad_images=args.skip_bad_images,
@@ -64,6 +77,8 @@ def main(argv=None) -> int:
       manual_dir=os.path.expanduser(args.manual_dir), **beam)
   t0 = time.time()
   try:
+    if args.source == "folder" and builder.is_prepared():
+      tfds_ndec.check_folder_origin(builder, args.manual_dir)
     builder.download_and_prepare(download_config=download_config)
   except manual.NdecInputError as e:
     print(f"error: {e}", file=sys.stderr)

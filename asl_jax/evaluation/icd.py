@@ -52,12 +52,20 @@ def _plan(n: int, batch: int, process: int, processes: int) -> np.ndarray:
   return np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
 
 
-def make_embed_fn(model, mesh):
+def make_embed_fn(model, mesh, flip_average: bool = False):
+  """(descriptors, gate norms) of a batch. flip_average: the descriptor is
+  the mean of the image's and its mirror image's (test-time augmentation:
+  horizontal flips are a common copy edit); the gate norm is the image's own."""
   def embed(params, batch_stats, images):
-    aux = model.apply({"params": params, "batch_stats": batch_stats},
-                      resnet.images_to_input(images), train=False)
+    apply = lambda x: model.apply({"params": params, "batch_stats": batch_stats},
+                                  resnet.images_to_input(x), train=False)
+    aux = apply(images)
     d = aux["descriptor"]
     d = d / jnp.maximum(jnp.linalg.norm(d, axis=-1, keepdims=True), 1e-12)
+    if flip_average:
+      m = apply(images[:, :, ::-1])["descriptor"]
+      d = d + m / jnp.maximum(jnp.linalg.norm(m, axis=-1, keepdims=True), 1e-12)
+      d = d / jnp.maximum(jnp.linalg.norm(d, axis=-1, keepdims=True), 1e-12)
     return d, jnp.linalg.norm(aux["gate_feature"], axis=-1)
   return jax.jit(embed, in_shardings=(None, None, sharding.data_sharding(mesh)),
                  out_shardings=sharding.replicated(mesh))
@@ -225,7 +233,7 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
   (default: `builder`).
   """
   mesh = sharding.make_mesh()
-  embed_fn = make_embed_fn(model, mesh)
+  embed_fn = make_embed_fn(model, mesh, config.eval.get("flip_average", False))
   size, bs = config.eval.get("image_size", 0) or config.data.image_size, config.eval.batch_size
   refs_src, queries_src = (data.source(builder, s) for s in ("references", "queries"))
   log(f"Evaluating on {len(queries_src)} queries x {len(refs_src)} references")
@@ -321,14 +329,17 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
       json.dump(gate_record, f, indent=2)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
+    # The gallery shows the configured decision's mistakes (what predictions.csv holds).
     _write_outputs(workdir, report, curves, query_ids, reference_ids, q_desc, q_norm,
-                   ref_desc, ref_norm, pairs, keep, gt, meta, queries_src, refs_src)
+                   ref_desc, ref_norm, pairs, final_keep, gt, meta, queries_src, refs_src,
+                   verdicts)
   log(format_table(report))
   return report
 
 
 def _write_outputs(workdir, report, curves, query_ids, reference_ids, q_desc, q_norm,
-                   ref_desc, ref_norm, pairs, keep, gt, meta, queries_src, refs_src):
+                   ref_desc, ref_norm, pairs, keep, gt, meta, queries_src, refs_src,
+                   verdicts=None):
   """metrics.json, descriptors (ISC working layout + gate norms), PR plot and
   the gallery of mistakes."""
   with open(os.path.join(workdir, "metrics.json"), "w") as f:
@@ -342,7 +353,7 @@ def _write_outputs(workdir, report, curves, query_ids, reference_ids, q_desc, q_
       {k: v for k, v in curves.items() if k != "soft gate"})
   report_lib.gallery_png(os.path.join(workdir, "gallery.png"), _gallery_rows(
       pairs, keep, q_norm, ref_norm, gt, meta, query_ids, reference_ids, queries_src,
-      refs_src))
+      refs_src, verdicts=verdicts))
 
 
 def _thumb(source, index):
@@ -351,8 +362,13 @@ def _thumb(source, index):
 
 
 def _gallery_rows(pairs, keep, qn, rn, gt, meta, query_ids, reference_ids, queries_src,
-                  refs_src, n=6):
-  """The top false positives kept by the gate, then missed copies."""
+                  refs_src, n=6, verdicts=None):
+  """The top false positives kept by the decision, then missed copies."""
+  def verdict(j):
+    if verdicts is None:
+      return ""
+    v = verdicts[j]
+    return f", verification: {v.reason} ({v.inliers} inliers)"
   rows = []
   order = np.argsort(-pairs.score, kind="stable")
   fps = [j for j in order if keep[j] and
@@ -363,7 +379,7 @@ def _gallery_rows(pairs, keep, qn, rn, gt, meta, query_ids, reference_ids, queri
     kind = m.get("hard_negative_kind") or m.get("kind", "")
     rows.append({"title": f"false positive: {query_ids[qi]} -> {reference_ids[ri]}",
                  "caption": f"score {pairs.score[j]:.3f}, query kind: {kind}\n"
-                            f"norm ratio |g_q|/|g_r| = {qn[qi] / rn[ri]:.3f}",
+                            f"norm ratio |g_q|/|g_r| = {qn[qi] / rn[ri]:.3f}{verdict(j)}",
                  "query": _thumb(queries_src, qi), "reference": _thumb(refs_src, ri)})
   predicted = [(query_ids[a], reference_ids[b])
                for a, b in zip(pairs.query_index, pairs.reference_index)]
@@ -371,9 +387,11 @@ def _gallery_rows(pairs, keep, qn, rn, gt, meta, query_ids, reference_ids, queri
   kept = {predicted[j] for j in np.flatnonzero(keep)}
   ref_pos = {r: i for i, r in enumerate(reference_ids)}
   q_pos = {q: i for i, q in enumerate(query_ids)}
+  index_of = {p: j for j, p in enumerate(predicted)}
   for q, r in sorted(gt - kept)[:n]:
     qi, ri = q_pos[q], ref_pos[r]
-    why = "removed by the gate" if (q, r) in retrieved else "not retrieved"
+    why = (f"removed by the decision{verdict(index_of[(q, r)])}" if (q, r) in retrieved
+           else "not retrieved")
     rows.append({"title": f"missed copy: {q} -> {r} ({why})",
                  "caption": f"edits: {', '.join(meta.get(q, {}).get('edits', []))}\n"
                             f"norm ratio |g_q|/|g_r| = {qn[qi] / rn[ri]:.3f}",
