@@ -199,23 +199,9 @@ def make_update_fn(model, classifier, tx, schedule, config, mesh, state):
 
 # ------------------------------------------------------------------ train --
 def _check_config(config):
+  """config_check's checks, then those of the training data's settings."""
   config_check.validate(config, num_devices=jax.device_count())
-  d, l = config.data, config.loss
-  if d.views_per_id < 2:
-    raise UserError(f"data.views_per_id={d.views_per_id}: ASL compares views "
-                    "of one image, so at least 2 are needed (4 in the paper).")
-  n_dev = jax.device_count()
-  if (d.ids_per_batch * d.views_per_id) % n_dev:
-    raise UserError(
-        f"The batch of data.ids_per_batch x data.views_per_id = "
-        f"{d.ids_per_batch} x {d.views_per_id} images does not split evenly "
-        f"over {n_dev} devices; choose ids_per_batch so it does.")
-  if l.norm_ratio_pairing not in ("random", "all"):
-    raise UserError("loss.norm_ratio_pairing must be 'random' (the official "
-                    f"sampling) or 'all'; got {l.norm_ratio_pairing!r}.")
-  if d.get("paste_backgrounds", "train") not in ("train", "synthetic"):
-    raise UserError("data.paste_backgrounds must be 'train' (other training images) or "
-                    f"'synthetic' (generated gradients); got {d.paste_backgrounds!r}.")
+  d = config.data
   if "crop" in d.train_edits:
     raise UserError("data.train_edits names 'crop', but the views are already cropped: "
                     "set the crop's area range with data.crop_area instead.")
@@ -231,12 +217,6 @@ def _check_config(config):
     raise UserError(f"data.num_workers={workers!r}: give 0 (no worker processes, the "
                     "reader's threads), a number of Grain worker processes, or -1 for "
                     "one per CPU core.")
-  if config.eval.get("image_size", 0) < 0:
-    raise UserError(f"eval.image_size={config.eval.image_size}: give a side in pixels, "
-                    "or 0 to embed at data.image_size.")
-  if l.triplet > 0 and l.triplet_feature not in ("pooled", "descriptor", "projected"):
-    raise UserError("loss.triplet_feature must be pooled, descriptor or "
-                    f"projected; got {l.triplet_feature!r}.")
 
 
 def train(config, workdir: str, builder=None):

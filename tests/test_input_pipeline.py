@@ -103,7 +103,7 @@ def test_backgrounds_are_other_training_images():
 def test_bad_paste_backgrounds_or_eval_size_is_a_user_error_before_any_data(tmp_path):
   c = tiny_config(str(tmp_path / "never_built"))
   c.data.paste_backgrounds = "imagenet"
-  with pytest.raises(UserError, match="paste_backgrounds must be 'train'"):
+  with pytest.raises(UserError, match="paste_backgrounds='imagenet' is not allowed"):
     train.train(c, str(tmp_path / "run"))
   c.data.paste_backgrounds = "train"
   c.eval.image_size = -1

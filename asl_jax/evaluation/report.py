@@ -73,7 +73,7 @@ def gallery_png(path: str, rows: list[dict], thumb: int = 96):
   and 'caption'; one row per pair, query left, reference right."""
   font = ImageFont.load_default(size=12)
   line = 16
-  width, height = 2 * thumb + 330, len(rows) * (thumb + 8) + 8
+  width, height = 2 * thumb + 560, len(rows) * (thumb + 8) + 8
   canvas = Image.new("RGB", (width, max(height, 40)), "white")
   draw = ImageDraw.Draw(canvas)
   for i, row in enumerate(rows):
