@@ -19,6 +19,7 @@ winners raised verified pairs above unverified ones.
 
   python -m asl_jax.gate --predictions P.csv --workdir RUN \
       --queries DIR --references DIR --output OUT.csv [--ground_truth G.csv]
+  python -m asl_jax.gate ... --dataset folder/photo_dev   (a prepared dataset)
 
 reads another system's candidates (`query_id,reference_id,score`), applies
 the run's decision (its gate norms come from RUN/queries.h5 and
@@ -162,25 +163,32 @@ def _read_norms(path: str) -> dict[str, float]:
   return norms
 
 
-def _image_loader(folder: str):
-  from asl_jax.evaluation.io import image_files
-  files = image_files(folder)
+def _image_loader(where):
+  """(id -> uint8 RGB image, the ids it has) for a folder of images, or for
+  a split of a prepared dataset given as (builder, split)."""
   from PIL import Image
+  if isinstance(where, tuple):
+    from asl_jax import data
+    builder, split = where
+    src = data.source(builder, split)
+    index = {data.text(src[i]["id"]): i for i in range(len(src))}
+    return (lambda image_id: data.decode_image(src[index[image_id]]["image"],
+                                               src[index[image_id]])), index
+  from asl_jax.evaluation.io import image_files
+  files = image_files(where)
 
   def load(image_id: str) -> np.ndarray:
-    if image_id not in files:
-      raise UserError(f"No image for id {image_id} in {folder} (looked for "
-                      f"{image_id}.jpg/.jpeg/.png).")
     with Image.open(files[image_id]) as im:
       return np.asarray(im.convert("RGB"))
   return load, files
 
 
-def apply(predictions, workdir: str, queries: str, references: str,
+def apply(predictions, workdir: str, queries, references,
           decision: str | None = None, rescore: float | None = None,
           workers: int = 0, log=print) -> dict:
   """Applies a run's decision to (query ids, reference ids, scores); returns
-  the kept pairs, their scores and what was done."""
+  the kept pairs, their scores and what was done. queries, references:
+  folders of images, or (prepared builder, split)."""
   q_ids, r_ids, scores = predictions
   gate_path = os.path.join(workdir, "gate.json")
   if not os.path.exists(gate_path):
@@ -215,8 +223,10 @@ def apply(predictions, workdir: str, queries: str, references: str,
     missing = sorted({q for q in q_ids if q not in qfiles}) + sorted(
         {r for r in r_ids if r not in rfiles})
     if missing:
-      raise UserError(f"{len(missing)} ids of the predictions have no image in {queries} "
-                      f"or {references} (e.g. {', '.join(missing[:5])}).")
+      where = (f"{queries} or {references}" if isinstance(queries, str)
+               else f"{queries[0].info.full_name}'s queries or references")
+      raise UserError(f"{len(missing)} ids of the predictions have no image in {where} "
+                      f"(e.g. {', '.join(missing[:5])}).")
     uq = sorted(set(q_ids))
     ur = sorted(set(r_ids))
     qi = {q: i for i, q in enumerate(uq)}
@@ -236,13 +246,35 @@ def apply(predictions, workdir: str, queries: str, references: str,
           "verification": timing if verdicts is not None else None}
 
 
+def _prepared(name: str, data_dir: str):
+  """The builder of a dataset already prepared (nothing is prepared here)."""
+  import ml_collections
+
+  from asl_jax import data
+  cfg = ml_collections.ConfigDict({"name": name, "data_dir": data_dir, "manual_dir": "",
+                                   "prepare_workers": 1, "skip_bad_images": False,
+                                   "synthetic": {}})
+  if name == "ndec/synthetic":
+    raise UserError("--dataset ndec/synthetic: give its images as folders, or a set "
+                    "prepared from a folder (folder/<name>) or a download (ndec/full).")
+  b = data.builder(cfg, name)
+  if not b.is_prepared():
+    raise UserError(f"--dataset {name} is not prepared under {data.data_dir(cfg)} (looked "
+                    f"for {b.data_dir}); prepare it first (README, 'Your own images').")
+  return b
+
+
 def main(argv=None) -> int:
   import argparse
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--predictions", required=True, help="CSV query_id,reference_id,score.")
   p.add_argument("--workdir", required=True, help="The asl_jax run whose gate to apply.")
-  p.add_argument("--queries", required=True, help="Folder of the query images.")
-  p.add_argument("--references", required=True, help="Folder of the reference images.")
+  p.add_argument("--queries", help="Folder of the query images.")
+  p.add_argument("--references", help="Folder of the reference images.")
+  p.add_argument("--dataset", help="Or a prepared dataset holding both (e.g. folder/photo_dev, "
+                 "ndec/full), as config.data.name names it.")
+  p.add_argument("--data_dir", default="", help="Where --dataset is prepared (default: "
+                 "$TFDS_DATA_DIR or ~/tensorflow_datasets).")
   p.add_argument("--output", required=True, help="Where the kept predictions go (CSV).")
   p.add_argument("--ground_truth", help="CSV query_id,reference_id: print the metrics.")
   p.add_argument("--decision", choices=DECISIONS, help="Default: the run's (gate.json).")
@@ -252,15 +284,25 @@ def main(argv=None) -> int:
   from asl_jax import evaluate
   from asl_jax.evaluation import io as eval_io
   try:
-    for path in (args.queries, args.references):
-      if not os.path.isdir(path):
-        raise UserError(f"{path} is not a folder of images.")
+    queries, references = args.queries, args.references
+    if args.dataset:
+      if queries or references:
+        raise UserError("Give either --dataset or --queries and --references, not both.")
+      builder = _prepared(args.dataset, args.data_dir)
+      queries, references = (builder, "queries"), (builder, "references")
+    elif not (queries and references):
+      raise UserError("Give --queries DIR and --references DIR (folders of images), or "
+                      "--dataset NAME (a prepared dataset).")
+    else:
+      for path in (queries, references):
+        if not os.path.isdir(path):
+          raise UserError(f"{path} is not a folder of images.")
     if os.path.isdir(args.output):
       raise UserError(f"--output {args.output} is a folder; give a file path.")
     pred = eval_io.read_predictions(args.predictions)
     gt_rows = eval_io.read_ground_truth(args.ground_truth) if args.ground_truth else None
     result = apply((pred.query_ids, pred.reference_ids, pred.scores), args.workdir,
-                   args.queries, args.references, args.decision, args.rescore, args.workers,
+                   queries, references, args.decision, args.rescore, args.workers,
                    log=lambda m: print(m, file=sys.stderr))
     eval_io.write_predictions(args.output, result["query_ids"], result["reference_ids"],
                               result["scores"])

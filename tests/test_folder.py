@@ -171,12 +171,17 @@ def test_gate_cli_applies_a_runs_decision_to_other_predictions(tmp_path):
   root = tmp_path / "s"
   queries = make_set(root)
   refs = sorted(os.path.splitext(f)[0] for f in os.listdir(root / "references"))
-  # Another system's candidates: every query against every reference.
+  # Another system's candidates: a trivial descriptor (a 16 x 16 grayscale
+  # thumbnail), every query against every reference.
+  def thumb(path):
+    t = np.asarray(Image.open(path).convert("L").resize((16, 16)), np.float32).ravel()
+    t -= t.mean()
+    return t / np.linalg.norm(t)
   pred = tmp_path / "pred.csv"
   q = [qq for qq in queries for _ in refs]
   r = refs * len(queries)
-  rng = np.random.default_rng(0)
-  s = rng.uniform(0, 1, len(q))
+  s = [float(thumb(root / "queries" / (a + ".jpg")) @ thumb(root / "references" / (b + ".jpg")))
+       for a, b in zip(q, r, strict=True)]
   eval_io.write_predictions(str(pred), q, r, s)
   run = tmp_path / "run"
   run.mkdir()
@@ -196,6 +201,18 @@ def test_gate_cli_applies_a_runs_decision_to_other_predictions(tmp_path):
   assert report["dropped"] >= 1 and report["decision"] == "verify"
   assert report["after"]["micro_ap"] == pytest.approx(1.0)
   assert report["after"]["micro_ap"] > report["before"]["micro_ap"]
+  # The same from the set prepared as a dataset.
+  data.prepare(cfg_for(root, tmp_path / "data"), log=lambda _: None)
+  by_name = [a for a in cmd if a not in (str(root / "queries"), str(root / "references"),
+                                         "--queries", "--references")]
+  out = subprocess.run(by_name + ["--dataset", "folder/mine", "--data_dir", str(tmp_path / "data"),
+                                  "--output", str(tmp_path / "out2.csv")],
+                       capture_output=True, text=True, cwd=ROOT)
+  assert out.returncode == 0, out.stderr
+  assert (tmp_path / "out2.csv").read_text() == (tmp_path / "out.csv").read_text()
+  out = subprocess.run(by_name + ["--dataset", "folder/absent", "--data_dir", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT)
+  assert out.returncode == 2 and "is not prepared" in out.stderr
   # The norm gate needs the run's norms for these ids: named, with status 2.
   cmd2 = cmd[:-2] + ["--decision", "norm"]
   out = subprocess.run(cmd2, capture_output=True, text=True, cwd=ROOT)
