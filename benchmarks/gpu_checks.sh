@@ -44,3 +44,21 @@ echo "== 3. scaled demo: r18, 96px, 3000 steps"
   --config.train.checkpoint_every=1000 --config.optim.learning_rate=1e-3 2>&1 \
   | grep -v "examples/s\|Shuffling\|splits/s\|^W1\|^I1" | tee "$out/scaled_gpu.txt"
 cp /tmp/runs/scaled/metrics.json "$out/scaled_metrics.json" 2>/dev/null
+echo "== 4. real photos: the :photos recipe as on the CPU, then scaled up (r18, 128 px, bf16)"
+# The development set lives beside the checkout, which does not travel: copy
+# it into an ignored folder of the checkout first and name it in the run's
+# carry (e.g. cp -r ../shared/data/photo_dev .photo_dev; echo /.photo_dev/ >>
+# .git/info/exclude; carry [".whl", ".photo_dev"]).
+if [ -d .photo_dev ]; then
+for setting in "photos_cpu_recipe:" \
+    "photos_scaled:--config.model.variant=r18 --config.model.width=64 --config.data.image_size=128 --config.eval.image_size=192 --config.model.dtype=bfloat16 --config.train.total_steps=4000 --config.train.log_every=500 --config.optim.learning_rate=1e-3"; do
+  name=${setting%%:*}; args=${setting#*:}
+  # shellcheck disable=SC2086
+  /usr/bin/time -v python -m asl_jax.main --config configs/asl.py:photos --workdir /tmp/runs/$name \
+    --config.data.manual_dir=.photo_dev --config.data.num_workers=8 --config.eval.verify.workers=16 \
+    $args 2>&1 | grep -v "^W1\|^I1" | grep -v "^\s" | tee "$out/$name.txt"
+  cp /tmp/runs/$name/metrics.json "$out/${name}_metrics.json" 2>/dev/null
+done
+else
+  echo "(skipped: no .photo_dev in the checkout)"
+fi
