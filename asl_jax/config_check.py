@@ -110,6 +110,9 @@ RULES = {
 }
 
 
+_MISSING = object()
+
+
 def _get(config, path):
   node = config
   for part in path.split("."):
@@ -118,8 +121,6 @@ def _get(config, path):
     node = node[part]
   return node
 
-
-_MISSING = object()
 
 
 def _fail(field, value, allowed, hint=""):

@@ -172,8 +172,11 @@ def _image_loader(where):
     builder, split = where
     src = data.source(builder, split)
     index = {data.text(src[i]["id"]): i for i in range(len(src))}
-    return (lambda image_id: data.decode_image(src[index[image_id]]["image"],
-                                               src[index[image_id]])), index
+
+    def load_record(image_id: str) -> np.ndarray:
+      record = src[index[image_id]]  # Read once.
+      return data.decode_image(record["image"], record)
+    return load_record, index
   from asl_jax.evaluation.io import image_files
   files = image_files(where)
 

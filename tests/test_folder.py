@@ -107,6 +107,15 @@ def _expect_error(root, match):
     folder.scan(str(root), log=lambda _: None)
 
 
+def _broken(root, name, old, new, match):
+  """Replaces `old` by `new` in the file `name`, expects the error, restores it."""
+  text = (root / name).read_text()
+  assert old in text
+  (root / name).write_text(text.replace(old, new))
+  _expect_error(root, match)
+  (root / name).write_text(text)
+
+
 def test_bad_layouts_are_named_before_any_image_is_read(tmp_path):
   root = tmp_path / "s"
   make_set(root)
@@ -118,22 +127,19 @@ def test_bad_layouts_are_named_before_any_image_is_read(tmp_path):
   _expect_error(root, "ref_0 \\(references/ and train/\\)")
   os.remove(root / "train" / "ref_0.jpg")
   # The ground truth names a reference with no image.
-  gt = (root / "ground_truth.csv").read_text()
-  (root / "ground_truth.csv").write_text(gt.replace("q_crop,ref_0", "q_crop,ref_9"))
-  _expect_error(root, "name a reference with no image")
-  (root / "ground_truth.csv").write_text(gt)
+  _broken(root, "ground_truth.csv", "q_crop,ref_0", "q_crop,ref_9",
+          "name a reference with no image")
   # A query image with no ground-truth row.
   save(str(root / "queries" / "q_extra.jpg"), photo(2, 64, 48))
   _expect_error(root, "q_extra")
   os.remove(root / "queries" / "q_extra.jpg")
   # queries.csv disagreeing with the ground truth, or with unknown kinds.
+  _broken(root, "queries.csv", "q_other,distractor", "q_other,copy",
+          "q_other is 'copy' but the ground truth says it copies nothing")
+  _broken(root, "queries.csv", "distractor", "noise", "kind 'noise'")
+  _broken(root, "queries.csv", "ref_crop,whole", "ref_7,whole",
+          "resembles ref_7, which has no reference image")
   kinds = (root / "queries.csv").read_text()
-  (root / "queries.csv").write_text(kinds.replace("q_other,distractor", "q_other,copy"))
-  _expect_error(root, "q_other is 'copy' but the ground truth says it copies nothing")
-  (root / "queries.csv").write_text(kinds.replace("distractor", "noise"))
-  _expect_error(root, "kind 'noise'")
-  (root / "queries.csv").write_text(kinds.replace("ref_crop,whole", "ref_7,whole"))
-  _expect_error(root, "resembles ref_7, which has no reference image")
   (root / "queries.csv").write_text("\n".join(kinds.splitlines()[:-1]) + "\n")
   _expect_error(root, "have no row \\(q_other\\)")
   (root / "queries.csv").write_text(kinds)

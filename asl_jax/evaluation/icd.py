@@ -195,8 +195,8 @@ def calibrate(embed_fn, state, builder, config, size, mesh, log=print) -> dict |
   return result
 
 
-def norm_diagnostics(embed_fn, state, src, config, size, mesh, meta, q_norm, ref_norm,
-                     refs_src, calibration, log=print) -> dict:
+def norm_diagnostics(embed_fn, state, refs_src, config, size, mesh, meta, q_norm, ref_norm,
+                     calibration, log=print) -> dict:
   """Does the gate norm carry information amount, and where? The norm
   ratio's separation (gate.separation, an AUC) of copy-direction and
   reverse-direction pairs on: training images and crops of them (what the
@@ -206,7 +206,7 @@ def norm_diagnostics(embed_fn, state, src, config, size, mesh, meta, q_norm, ref
   out = {"training_views": calibration and calibration["separation_auc"]}
   n = config.eval.calibration.num_images
   if n > 0:
-    norms = view_norms(embed_fn, state, src, config, size, mesh, n)
+    norms = view_norms(embed_fn, state, refs_src, config, size, mesh, n)
     ratio = norms[:, 1] / np.maximum(norms[:, 0], 1e-12)
     out["unseen_views"] = gate_lib.separation(ratio, 1 / ratio)
   ref_pos = {data.text(refs_src[i]["id"]): i for i in range(len(refs_src))}
@@ -265,14 +265,14 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
                             mesh, log)
   threshold = calibration["threshold"] if calibration else 1.0
   diagnostics = norm_diagnostics(embed_fn, state, refs_src, config, size, mesh, meta,
-                                 q_norm, ref_norm, refs_src, calibration, log)
+                                 q_norm, ref_norm, calibration, log)
   calibrated_keep = gate_lib.norm_keep(pairs.query_index, pairs.reference_index, q_norm,
                                        ref_norm, threshold)
   verdicts, verify_timing, verify_cfg = None, None, gate_lib.verify_config(ev.verify)
   if decision.startswith("verify") or ev.rescore:
-    load = lambda src: (lambda i: data.decode_image(src[i]["image"], src[i]))
     verdicts, verify_timing = gate_lib.verify_candidates(
-        pairs.query_index, pairs.reference_index, load(queries_src), load(refs_src),
+        pairs.query_index, pairs.reference_index, lambda i: _image(queries_src, i),
+        lambda i: _image(refs_src, i),
         verify_cfg, ev.verify.workers, log)
   final_keep = gate_lib.combine(decision, keep, calibrated_keep, verdicts or [])
   final_scores = pairs.score
@@ -356,7 +356,8 @@ def _write_outputs(workdir, report, curves, query_ids, reference_ids, q_desc, q_
       refs_src, verdicts=verdicts))
 
 
-def _thumb(source, index):
+def _image(source, index):
+  """The decoded image of record `index` (the record read once)."""
   record = source[int(index)]
   return data.decode_image(record["image"], record)
 
@@ -380,7 +381,7 @@ def _gallery_rows(pairs, keep, qn, rn, gt, meta, query_ids, reference_ids, queri
     rows.append({"title": f"false positive: {query_ids[qi]} -> {reference_ids[ri]}",
                  "caption": f"score {pairs.score[j]:.3f}, query kind: {kind}\n"
                             f"norm ratio |g_q|/|g_r| = {qn[qi] / rn[ri]:.3f}{verdict(j)}",
-                 "query": _thumb(queries_src, qi), "reference": _thumb(refs_src, ri)})
+                 "query": _image(queries_src, qi), "reference": _image(refs_src, ri)})
   predicted = [(query_ids[a], reference_ids[b])
                for a, b in zip(pairs.query_index, pairs.reference_index)]
   retrieved = set(predicted)
@@ -395,7 +396,7 @@ def _gallery_rows(pairs, keep, qn, rn, gt, meta, query_ids, reference_ids, queri
     rows.append({"title": f"missed copy: {q} -> {r} ({why})",
                  "caption": f"edits: {', '.join(meta.get(q, {}).get('edits', []))}\n"
                             f"norm ratio |g_q|/|g_r| = {qn[qi] / rn[ri]:.3f}",
-                 "query": _thumb(queries_src, qi), "reference": _thumb(refs_src, ri)})
+                 "query": _image(queries_src, qi), "reference": _image(refs_src, ri)})
   return rows
 
 
