@@ -55,6 +55,15 @@ def _dims():
   return check, "two positive integers (hidden, output)"
 
 
+def _ks():
+  def check(v):
+    return (isinstance(v, (tuple, list)) and len(v) > 0
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v))
+  return check, "a non-empty tuple of positive integers, e.g. (1, 2, 4, 8, 16)"
+
+
+_BOOL = (lambda v: isinstance(v, bool)), "True or False"
+
 RULES = {
     "seed": _int(0),
     "data.image_size": _int(16, 4096),
@@ -82,13 +91,24 @@ RULES = {
     "loss.cosine_scale": _num(0),
     "loss.norm_ratio_pairing": _one_of("all", "random"),
     "loss.triplet_feature": _one_of("pooled", "descriptor", "projected"),
+    "loss.rs_at_k": _num(0),
+    "loss.rs_design": _one_of("symmetric", "asymmetric"),
+    "loss.rs_k": _ks(),
+    "loss.rs_tau1": _num(0, lo_open=True), "loss.rs_tau2": _num(0, lo_open=True),
+    "loss.rs_query_in_rank": _BOOL, "loss.simix": _BOOL,
+    "loss.rs_chunk": _int(0), "loss.rs_distractor_ids": _int(0),
     "optim.learning_rate": _num(0, lo_open=True),
     "optim.warmup_steps": _int(0),
     "optim.warmup_init_factor": _num(0, 1), "optim.end_factor": _num(0, 1),
     "optim.weight_decay": _num(0), "optim.grad_clip_norm": _num(0),
+    "optim.schedule": _one_of("cosine", "steps"), "optim.decay": _num(0, 1, lo_open=True),
+    "optim.milestones": ((lambda v: isinstance(v, (tuple, list)) and all(
+        isinstance(x, (int, float)) and 0 < x < 1 for x in v)),
+                         "a tuple of fractions of train.total_steps, each in (0, 1)"),
     "optim.b1": _num(0, 1, hi_open=True), "optim.b2": _num(0, 1, hi_open=True),
     "train.total_steps": _int(1), "train.log_every": _int(1),
     "train.checkpoint_every": _int(1), "train.keep_checkpoints": _int(1),
+    "train.num_chunks": _int(1), "train.batch_norm": _one_of("batch", "frozen"),
     "eval.k": _int(1), "eval.batch_size": _int(1), "eval.image_size": _int(0, 4096),
     "eval.soft_gate_temperature": _num(0, lo_open=True),
     "eval.decision": _one_of("none", "norm", "calibrated_norm", "verify", "verify_else_norm",
@@ -129,8 +149,74 @@ def _fail(field, value, allowed, hint=""):
                      "documents each field)."))
 
 
+def _check_recall_surrogate(config):
+  """RS@k's batch design: the views per image, the k set, SiMix, distractors."""
+  from asl_jax import recall_surrogate  # Imports jax; only when the term is on.
+  d, l = config.data, config.loss
+  if l.get("rs_at_k", 0) <= 0:
+    if l.get("simix", False):
+      _fail("loss.simix", True, "False while loss.rs_at_k is 0",
+            "SiMix mixes the embeddings of the RS@k loss; set --config.loss.rs_at_k above 0 "
+            "(configs/recall_surrogate.py) or --config.loss.simix=False.")
+    return
+  n, k, design = d.ids_per_batch, d.views_per_id, l.rs_design
+  distractors = l.rs_distractor_ids
+  if distractors and (distractors >= n or n % distractors):
+    _fail("loss.rs_distractor_ids", distractors,
+          f"0 or a divisor of data.ids_per_batch={n} below it (every "
+          f"ids_per_batch/rs_distractor_ids-th identity is a distractor)")
+  group = k - (design == "asymmetric")
+  if l.simix and group not in recall_surrogate.SIMIX_GROUPS:
+    _fail("loss.simix", True,
+          f"used with {', '.join(map(str, recall_surrogate.SIMIX_GROUPS))} mixed views per "
+          f"image (the official code's set); the {design} design mixes {group} here",
+          f"Set --config.data.views_per_id to one of "
+          f"{[g + (design == 'asymmetric') for g in recall_surrogate.SIMIX_GROUPS]} or "
+          "--config.loss.simix=False.")
+  if design == "symmetric":
+    database = n * k - 1
+  else:
+    database = (n - distractors) + distractors * k
+  if max(l.rs_k) > database:
+    _fail("loss.rs_k", tuple(l.rs_k),
+          f"k values of at most {database}, the database items each query is ranked "
+          f"against in this {design} batch of {n} x {k} views",
+          "Drop the larger k values from --config.loss.rs_k or make the batch larger "
+          "(--config.data.ids_per_batch).")
+
+
+def _check_chunks(config, num_devices: int):
+  """The two-pass step's chunks split the batch, and each chunk the devices."""
+  d = config.data
+  chunks = config.train.get("num_chunks", 1)
+  batch = d.ids_per_batch * d.views_per_id
+  if chunks > 1 and batch % chunks:
+    _fail("train.num_chunks", chunks,
+          f"a divisor of the batch of data.ids_per_batch x data.views_per_id = {batch} images",
+          f"Choose --config.train.num_chunks so that {batch} images split into equal chunks "
+          "(1 = the ordinary one-pass step).")
+  if chunks > 1 and (batch // chunks) % num_devices:
+    _fail("train.num_chunks", chunks,
+          f"such that each chunk of {batch} / {chunks} = {batch // chunks} images splits "
+          f"evenly over the {num_devices} devices",
+          "Choose fewer chunks or a batch that splits over chunks x devices.")
+  groups = config.model.get("bn_groups", 1)
+  per_device = batch // chunks // num_devices
+  if chunks > 1 and groups > 1 and per_device % groups:
+    _fail("model.bn_groups", groups,
+          f"a divisor of the {per_device} images each device holds of a chunk",
+          "Choose a divisor of it (1 = BatchNorm over the chunk) or another "
+          "--config.train.num_chunks.")
+
+
 def validate(config, workdir: str | None = None, num_devices: int | None = None):
   """Raises a UserError for the first bad field or combination."""
+  views, rs = _get(config, "data.views_per_id"), _get(config, "loss.rs_at_k")
+  if (isinstance(rs, numbers.Real) and rs > 0 and isinstance(views, int) and views < 2
+      and _get(config, "loss.rs_design") == "symmetric"):
+    _fail("data.views_per_id", views, "at least 2 for the symmetric RS@k design",
+          "Each view's positives are the other views of its image, so an image needs two "
+          "views at least; set --config.data.views_per_id=2 or more.")
   for field, (check, allowed) in RULES.items():
     value = _get(config, field)
     if value is not _MISSING and not check(value):
@@ -142,7 +228,9 @@ def validate(config, workdir: str | None = None, num_devices: int | None = None)
   if e.score_norm.method == "sscd" and e.score_norm.n_end < e.score_norm.n:
     _fail("eval.score_norm.n_end", e.score_norm.n_end,
           f"at least eval.score_norm.n={e.score_norm.n}")
+  _check_recall_surrogate(config)
   if num_devices:
+    _check_chunks(config, num_devices)
     batch = d.ids_per_batch * d.views_per_id
     if batch % num_devices:
       raise UserError(

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from asl_jax import (checkpointing, config_check, copy_edits, data, input_pipeline, losses,
-                     sharding, tensorboard)
+                     recall_surrogate, sharding, tensorboard)
 from asl_jax.errors import UserError
 from asl_jax.models import resnet
 
@@ -40,12 +40,24 @@ def log(msg: str):
 
 # ------------------------------------------------------------------ setup --
 def make_optimizer(cfg, total_steps: int):
-  """Adam(W) with linear warmup then cosine decay, from `config.optim`."""
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=cfg.learning_rate * cfg.warmup_init_factor,
-      peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
-      decay_steps=max(total_steps, cfg.warmup_steps + 1),
-      end_value=cfg.learning_rate * cfg.end_factor)
+  """Adam(W) with linear warmup, then a cosine decay (optim.schedule=cosine)
+  or steps (optim.schedule=steps: x optim.decay at each of optim.milestones,
+  fractions of the run, as the RS@k paper's schedule), from `config.optim`."""
+  if cfg.get("schedule", "cosine") == "steps":
+    boundaries = {int(round(f * total_steps)): cfg.decay for f in cfg.milestones}
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(cfg.learning_rate * cfg.warmup_init_factor, cfg.learning_rate,
+                               max(cfg.warmup_steps, 1)),
+         optax.piecewise_constant_schedule(
+             cfg.learning_rate, {b - cfg.warmup_steps: v for b, v in boundaries.items()
+                                 if b > cfg.warmup_steps})],
+        [cfg.warmup_steps])
+  else:
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=cfg.learning_rate * cfg.warmup_init_factor,
+        peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
+        decay_steps=max(total_steps, cfg.warmup_steps + 1),
+        end_value=cfg.learning_rate * cfg.end_factor)
   parts = []
   if cfg.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
@@ -128,56 +140,173 @@ def load_pretrained(state: TrainState, config, workdir: str) -> TrainState:
 
 
 # ------------------------------------------------------------------- loss --
-def loss_fn(params, batch_stats, batch, rng, *, model, classifier, cfg, mesh=None):
-  """Total loss and metrics of one N x K batch.
+def needed_outputs(cfg) -> tuple[str, ...]:
+  """The model outputs the losses of `config.loss` read (the gate feature
+  always: its norm ratio is logged)."""
+  keys = {"gate_feature"}
+  if cfg.classification > 0:
+    keys.add("projected")
+  if cfg.triplet > 0:
+    keys.add(cfg.triplet_feature)
+  if cfg.info_nce > 0 or cfg.koleo > 0 or cfg.get("rs_at_k", 0) > 0:
+    keys.add("descriptor")
+  return tuple(sorted(keys))
+
+
+def model_outputs(params, batch_stats, images, rng, *, model, keys, frozen_bn=False):
+  """The model on uint8 images [B, H, W, 3]: ({key: [B, ...]}, new batch_stats).
+
+  frozen_bn: BatchNorm uses (and keeps) its running statistics, and the
+  model runs in inference mode (no WaveBlock); otherwise batch statistics.
+  """
+  x = resnet.images_to_input(images)
+  variables = {"params": params, "batch_stats": batch_stats}
+  if frozen_bn:
+    aux = model.apply(variables, x, train=False)
+    new_stats = batch_stats
+  else:
+    aux, updates = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                               rngs={"wave": jax.random.fold_in(rng, 0x3A7E)})
+    new_stats = updates["batch_stats"]
+  return {key: aux[key] for key in keys}, new_stats
+
+
+def loss_from_outputs(outputs, classifier_params, batch, rng, *, classifier, cfg, mesh=None):
+  """Total loss and metrics of one N x K batch from the model's outputs.
 
   mesh: given when the classifier is sharded over classes: its input is then
   gathered on every device and its logits stay split along the class axis,
   so that the 100k-way head is never replicated.
   """
   n, k = batch["information_amount"].shape
-  images = batch["views"].reshape((n * k,) + batch["views"].shape[2:])
   labels = jnp.repeat(batch["label"], k)
-  aux, updates = model.apply(
-      {"params": params["model"], "batch_stats": batch_stats},
-      resnet.images_to_input(images), train=True, mutable=["batch_stats"],
-      rngs={"wave": jax.random.fold_in(rng, 0x3A7E)})
-  terms = {}
+  terms, extra = {}, {}
   if cfg.classification > 0:
-    features = aux["projected"]
+    features = outputs["projected"]
     if mesh is not None and classifier.padded_classes:
       P = jax.sharding.PartitionSpec
       features = jax.lax.with_sharding_constraint(features, sharding.replicated(mesh))
-    logits = classifier.apply({"params": params["classifier"]}, features)
+    logits = classifier.apply({"params": classifier_params}, features)
     if mesh is not None and classifier.padded_classes:
       logits = jax.lax.with_sharding_constraint(
           logits, jax.sharding.NamedSharding(mesh, P(None, "data")))
     terms["classification"] = losses.label_smoothed_cross_entropy(
         logits, labels, cfg.label_smoothing, classifier.num_classes)
   if cfg.triplet > 0:
-    terms["triplet"] = losses.soft_triplet_loss(aux[cfg.triplet_feature], labels)
+    terms["triplet"] = losses.soft_triplet_loss(outputs[cfg.triplet_feature], labels)
   if cfg.info_nce > 0:
-    terms["info_nce"] = losses.info_nce_loss(aux["descriptor"], labels,
-                                             cfg.temperature)
+    terms["info_nce"] = losses.info_nce_loss(outputs["descriptor"], labels, cfg.temperature)
   if cfg.koleo > 0:
-    terms["koleo"] = losses.koleo_loss(aux["descriptor"], labels)
+    terms["koleo"] = losses.koleo_loss(outputs["descriptor"], labels)
+  if cfg.get("rs_at_k", 0) > 0:
+    terms["rs_at_k"], extra = recall_surrogate.rs_term(
+        outputs["descriptor"], batch["label"], k, cfg, jax.random.fold_in(rng, 0x5171))
   if cfg.norm_ratio > 0:
     terms["norm_ratio"] = losses.norm_ratio_loss(
-        aux["gate_feature"], batch["information_amount"],
+        outputs["gate_feature"], batch["information_amount"],
         rng if cfg.norm_ratio_pairing == "random" else None)
   total = sum(getattr(cfg, name) * value for name, value in terms.items())
   metrics = {f"loss/{name}": value for name, value in terms.items()}
+  metrics.update(extra)
   metrics["loss/total"] = total
   metrics["norm_ratio/more_over_less"] = losses.mean_norm_ratio(
-      aux["gate_feature"], batch["information_amount"])
-  return total, (metrics, updates["batch_stats"])
+      outputs["gate_feature"], batch["information_amount"])
+  return total, metrics
+
+
+def _flat_views(batch):
+  views = batch["views"]
+  return views.reshape((-1,) + views.shape[2:])
+
+
+def loss_fn(params, batch_stats, batch, rng, *, model, classifier, cfg, mesh=None,
+            frozen_bn=False):
+  """The one-pass loss: model, then `loss_from_outputs`; returns
+  (total, (metrics, new batch_stats))."""
+  outputs, new_stats = model_outputs(params["model"], batch_stats, _flat_views(batch), rng,
+                                     model=model, keys=needed_outputs(cfg),
+                                     frozen_bn=frozen_bn)
+  total, metrics = loss_from_outputs(outputs, params.get("classifier"), batch, rng,
+                                     classifier=classifier, cfg=cfg, mesh=mesh)
+  return total, (metrics, new_stats)
+
+
+def two_pass_gradients(params, batch_stats, batch, rng, *, model, classifier, cfg, mesh,
+                       num_chunks: int, frozen_bn=False):
+  """Gradient caching (recall_surrogate.md A.4): the gradient of the whole
+  batch's loss with the activations of one chunk at a time.
+
+  Pass 1 embeds the batch chunk by chunk, keeping only the outputs; the loss
+  and its gradient G with respect to the outputs (and the classifier) are
+  taken on the whole, all-gathered batch; pass 2 recomputes each chunk and
+  accumulates its vector-Jacobian product with G. Each chunk is spread over
+  the `data` axis (every device holds 1/devices of it); BatchNorm sees the
+  statistics of the chunk (the same in both passes) or is frozen; chunk c
+  draws the same random keys in both passes. Returns
+  (total, (metrics, new batch_stats)), grads, like `value_and_grad(loss_fn)`.
+  """
+  keys = needed_outputs(cfg)
+  devices = mesh.devices.size
+  images = _flat_views(batch)
+  b = images.shape[0] // (devices * num_chunks)
+  P = jax.sharding.PartitionSpec
+  spread = jax.sharding.NamedSharding(mesh, P(None, "data"))
+
+  def to_chunks(x):  # [B, ...] -> [C, B/C, ...]: chunk c takes b rows of each device.
+    rest = x.shape[1:]
+    y = x.reshape((devices, num_chunks, b) + rest).swapaxes(0, 1)
+    return jax.lax.with_sharding_constraint(
+        y.reshape((num_chunks, devices * b) + rest), spread)
+
+  def from_chunks(y):
+    rest = y.shape[2:]
+    x = y.reshape((num_chunks, devices, b) + rest).swapaxes(0, 1)
+    return x.reshape((devices * num_chunks * b,) + rest)
+
+  chunk_rngs = (rng[None] if num_chunks == 1 else
+                jax.vmap(lambda c: jax.random.fold_in(rng, c))(jnp.arange(num_chunks)))
+  embed = functools.partial(model_outputs, model=model, keys=keys, frozen_bn=frozen_bn)
+  xs = to_chunks(images)
+  # Pass 1: outputs only (nothing here is differentiated, so nothing is kept).
+  outputs = jax.lax.map(lambda a: embed(params["model"], batch_stats, *a)[0], (xs, chunk_rngs))
+  outputs = jax.tree.map(from_chunks, outputs)
+  outputs = jax.lax.with_sharding_constraint(outputs, sharding.replicated(mesh))
+  # The loss on the whole batch; G = d loss / d outputs.
+  (total, metrics), (g_outputs, g_classifier) = jax.value_and_grad(
+      functools.partial(loss_from_outputs, classifier=classifier, cfg=cfg, mesh=mesh),
+      argnums=(0, 1), has_aux=True)(outputs, params.get("classifier"), batch, rng)
+  g_chunks = jax.tree.map(to_chunks, g_outputs)
+
+  # Pass 2: each chunk again, its J^T G summed into the parameters' gradient.
+  def backward(carry, a):
+    x, r, g = a
+    _, vjp, new_stats = jax.vjp(lambda p: embed(p, batch_stats, x, r), params["model"],
+                                has_aux=True)
+    grads, stats = carry
+    return (jax.tree.map(jnp.add, grads, vjp(g)[0]),
+            jax.tree.map(jnp.add, stats, new_stats)), None
+
+  zeros = lambda t: jax.tree.map(jnp.zeros_like, t)
+  (g_model, stats_sum), _ = jax.lax.scan(
+      backward, (zeros(params["model"]), zeros(batch_stats)), (xs, chunk_rngs, g_chunks))
+  new_stats = jax.tree.map(lambda s: s / num_chunks, stats_sum)
+  grads = {"model": g_model}
+  if "classifier" in params:
+    grads["classifier"] = g_classifier
+  return (total, (metrics, new_stats)), grads
 
 
 def make_update_fn(model, classifier, tx, schedule, config, mesh, state):
-  """The jitted `update(state, batch, rng) -> (state, metrics)`."""
-  grad_fn = jax.value_and_grad(
-      functools.partial(loss_fn, model=model, classifier=classifier,
-                        cfg=config.loss, mesh=mesh), has_aux=True)
+  """The jitted `update(state, batch, rng) -> (state, metrics)`: one update
+  per batch, in one pass or (train.num_chunks > 1) two."""
+  num_chunks = config.train.get("num_chunks", 1)
+  frozen_bn = config.train.get("batch_norm", "batch") == "frozen"
+  common = dict(model=model, classifier=classifier, cfg=config.loss, mesh=mesh,
+                frozen_bn=frozen_bn)
+  if num_chunks > 1:
+    grad_fn = functools.partial(two_pass_gradients, num_chunks=num_chunks, **common)
+  else:
+    grad_fn = jax.value_and_grad(functools.partial(loss_fn, **common), has_aux=True)
 
   def update(state, batch, rng):
     rng = jax.random.fold_in(rng, state.step)

@@ -89,12 +89,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   l.cosine_scale = 0.0            # >0: cosine classifier with this scale.
   l.norm_ratio = 10.0             # ASL norm-ratio loss weight (λ).
   l.norm_ratio_pairing = "all"    # all pairs (lower variance) | random (official draw).
+  l.rs_at_k = 0.0                 # Recall@k surrogate (configs/recall_surrogate.py).
+  l.rs_design = "symmetric"       # symmetric (every view a query) | asymmetric (view 0 the
+                                  # reference, the other views queries against references).
+  l.rs_k = (1, 2, 4, 8, 16)       # The k set K (each k at most the database per query).
+  l.rs_tau1 = 1.0                 # Temperature of the rank (tau1).
+  l.rs_tau2 = 0.01                # Temperature of the similarity differences (tau2).
+  l.rs_query_in_rank = True       # Count the query in its own rank (the official code).
+  l.rs_chunk = 0                  # Queries per step of the loss (0: all at once).
+  l.rs_distractor_ids = 0         # Identities per batch that are database items only.
+  l.simix = False                 # SiMix virtual samples (same-image pairs).
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 2e-3          # Peak learning rate.
   o.warmup_steps = 30
   o.warmup_init_factor = 0.01     # Warmup starts at this fraction of the peak.
   o.end_factor = 0.01             # Cosine decay ends at this fraction.
+  o.schedule = "cosine"           # After warmup: cosine | steps (x decay at milestones).
+  o.milestones = ()               # steps: fractions of total_steps where the rate drops.
+  o.decay = 0.3                   # steps: the factor at each milestone.
   o.weight_decay = 1e-4           # AdamW decay (0 = plain Adam).
   o.b1 = 0.9
   o.b2 = 0.999
@@ -105,6 +118,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   t.log_every = 25
   t.checkpoint_every = 250
   t.keep_checkpoints = 3
+  t.num_chunks = 1                # >1: two-pass step (gradient caching) in this many chunks.
+  t.batch_norm = "batch"          # batch statistics (of each chunk) | frozen (running ones).
 
   c.eval = e = ml_collections.ConfigDict()
   e.data_name = ""                # Queries/references from another dataset ('' = data.name),

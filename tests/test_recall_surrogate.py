@@ -7,19 +7,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from asl_jax import recall_surrogate
 from asl_jax.recall_surrogate import rs_at_k_loss
 
 
 def reference(e, labels, ks=(1, 2, 4, 8, 16), tau1=1.0, tau2=0.01, query_in_rank=True,
-              query_mask=None):
-  """A loop over queries q, positives x and database items z."""
+              query_mask=None, database=None):
+  """A loop over queries q, positives x and database items z (all items, or
+  those where `database` is True)."""
   sig = lambda u: 1 / (1 + np.exp(-np.clip(u, -50, 50)))
   e = np.asarray(e, np.float64)
   b = len(e)
   s = e @ e.T
   losses = []
+  db = [z for z in range(b) if database is None or database[z]]
   for q in range(b):
-    pos = [x for x in range(b) if x != q and labels[x] == labels[q]]
+    pos = [x for x in db if x != q and labels[x] == labels[q]]
     if not pos or (query_mask is not None and not query_mask[q]):
       continue
     per_k = []
@@ -27,7 +30,7 @@ def reference(e, labels, ks=(1, 2, 4, 8, 16), tau1=1.0, tau2=0.01, query_in_rank
       total = 0.0
       for x in pos:
         rank = 1.0
-        for z in range(b):
+        for z in db:
           if z == x or (z == q and not query_in_rank):
             continue
           rank += sig((s[q, z] - s[q, x]) / tau2)
@@ -113,3 +116,67 @@ def test_gradient_matches_finite_differences():
     d[i, j] = eps
     fd = (float(f(jnp.asarray(x + d))) - float(f(jnp.asarray(x - d)))) / (2 * eps)
     assert g[i, j] == pytest.approx(fd, rel=5e-2, abs=2e-4)
+
+
+@pytest.mark.parametrize("query_in_rank", [True, False])
+def test_asymmetric_design_matches_the_reference_and_the_docs_one_positive_form(query_in_rank):
+  """View 0 the reference, views 1..3 queries against the references only,
+  identities 0 and 3 distractors (every 3rd of 6): each query has one
+  positive, so L(q) = 1 - mean_k sigmoid(k - 1 - sum_z sigmoid((s_qz - s_qx) / tau2))."""
+  n, k = 6, 4
+  query, database = map(np.asarray, recall_surrogate.batch_masks(n, k, "asymmetric", 2))
+  distractor = np.repeat([True, False, False, True, False, False], k)
+  view = np.tile(np.arange(k), n)
+  np.testing.assert_array_equal(query, (view > 0) & ~distractor)
+  np.testing.assert_array_equal(database, (view == 0) | distractor)
+  rng = np.random.default_rng(3)
+  y = np.repeat(np.arange(n), k)
+  e = unit(rng.normal(size=(n * k, 8)) + 1.5 * np.repeat(rng.normal(size=(n, 8)), k, 0))
+  got, metrics = rs_at_k_loss(e, y, k_values=(1, 2, 4), query_in_rank=query_in_rank,
+                              query_mask=jnp.asarray(query), database_mask=jnp.asarray(database),
+                              max_positives=1)
+  want = reference(e, y, ks=(1, 2, 4), query_in_rank=query_in_rank, query_mask=query,
+                   database=database)
+  assert float(got) == pytest.approx(want, rel=1e-5)
+  sig = lambda u: 1 / (1 + np.exp(-u))
+  s = e.astype(np.float64) @ e.T.astype(np.float64)
+  per_query, hits = [], []
+  for q in np.flatnonzero(query):
+    x = q - q % k  # Its reference.
+    others = [z for z in np.flatnonzero(database) if z != x]
+    rank = 1 + sum(sig((s[q, z] - s[q, x]) / 0.01) for z in others)
+    per_query.append(1 - np.mean([sig(kk - rank) for kk in (1, 2, 4)]))
+    hits.append(all(s[q, z] <= s[q, x] for z in others))
+  assert float(got) == pytest.approx(np.mean(per_query), rel=1e-5)
+  assert float(metrics["rs@k/hit@1"]) == pytest.approx(np.mean(hits))
+
+
+def test_simix_mixes_same_image_views_linearly_and_sets_the_roles():
+  n, k = 3, 4
+  rng = np.random.default_rng(4)
+  e = jnp.asarray(unit(rng.normal(size=(n * k, 8))))
+  labels = jnp.asarray([7, 8, 9])
+  key = jax.random.key(0)
+  for design, first, p in (("symmetric", 0, 6), ("asymmetric", 1, 3)):
+    mixed, y, query, database = recall_surrogate.simix(e, labels, n, k, design, key, 1)
+    assert mixed.shape == (n * (k + p), 8)
+    np.testing.assert_array_equal(np.asarray(y), np.repeat([7, 8, 9], k + p))
+    m = np.asarray(mixed).reshape(n, k + p, 8)
+    np.testing.assert_allclose(m[:, :k], np.asarray(e).reshape(n, k, 8), rtol=1e-6)
+    pairs = [(i, j) for i in range(first, k) for j in range(i + 1, k)]
+    assert len(pairs) == p
+    q = np.asarray(e[5])
+    for v, (i, j) in enumerate(pairs):  # s(q, v) = a s(q, e_i) + (1 - a) s(q, e_j), a in (0, 1).
+      for ident in range(n):
+        real = np.asarray(e).reshape(n, k, 8)[ident]
+        ei, ej, ev = real[i], real[j], m[ident, k + v]
+        a = (ev @ q - ej @ q) / (ei @ q - ej @ q)
+        np.testing.assert_allclose(ev, a * ei + (1 - a) * ej, rtol=1e-4, atol=1e-6)
+        assert 0 < a < 1
+    query, database = np.asarray(query).reshape(n, k + p), np.asarray(database).reshape(n, k + p)
+    assert not query[0].any() and database[0, :k].all()  # Identity 0: the distractor.
+    assert not database[0, k:].any()
+    assert query[1:, k:].all()  # Virtual samples are queries,
+    assert database[1:, k:].all() == (design == "symmetric")  # database items when symmetric.
+  with pytest.raises(ValueError, match="supported"):
+    recall_surrogate.simix(e.reshape(-1, 8)[:10], labels[:2], 2, 5, "symmetric", key)
