@@ -15,7 +15,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from asl_jax import sharding, train
+from asl_jax import benchmark
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/asl.py:ndec", "Config.")
 _IDS = flags.DEFINE_list("batch_ids", ["32", "64"], "Identities per batch to time.")
@@ -24,20 +24,9 @@ _CLASSES = flags.DEFINE_integer("num_classes", 100_000, "Classifier width.")
 
 
 def build_step(config, num_classes: int):
-  """The config's jitted update step on the local devices, a fresh state and
-  one random device-resident batch: (update, state, batch, rng)."""
-  ids, k, size = config.data.ids_per_batch, config.data.views_per_id, config.data.image_size
-  mesh = sharding.make_mesh()
-  model, classifier = train.build_modules(config, num_classes)
-  tx, schedule = train.make_optimizer(config.optim, 1000)
-  state = train.init_state(model, classifier, tx, config, jax.random.key(0), mesh)
-  update = train.make_update_fn(model, classifier, tx, schedule, config, mesh, state)
-  rs = np.random.default_rng(0)
-  batch = sharding.global_batch({
-      "views": rs.integers(0, 256, (ids, k, size, size, 3), dtype=np.uint8),
-      "information_amount": rs.uniform(0.2, 1, (ids, k)).astype(np.float32),
-      "label": rs.integers(0, num_classes, ids).astype(np.int32)}, mesh)
-  return update, state, batch, jax.random.key(1)
+  """The config's jitted update, a fresh state and a device-resident batch
+  (asl_jax.benchmark.build_step, shared with `python -m asl_jax.benchmark`)."""
+  return benchmark.build_step(config, num_classes)
 
 
 def time_steps(step, state, batch, rng, *, warmup: int, steps: int):

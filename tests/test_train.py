@@ -75,10 +75,17 @@ def test_one_step_on_8_fake_devices_equals_1_device(tiny_builder, data_dir, pape
   assert "OK" in r.stdout
 
 
+@pytest.mark.parametrize("family", ["asl", "rs_two_pass"])
 def test_killed_run_resumes_with_same_next_batch(tiny_builder, data_dir, tmp_path,
-                                                 monkeypatch):
+                                                 monkeypatch, family):
+  """Also for RS@k (asymmetric, SiMix, ASL) in two passes of 2 chunks: one
+  update per batch, its batch metrics logged."""
   c = tiny_config(data_dir)
   c.train.update(total_steps=4, log_every=1, checkpoint_every=2)
+  if family == "rs_two_pass":
+    c.loss.update(info_nce=0.0, rs_at_k=1.0, rs_design="asymmetric", simix=True,
+                  rs_distractor_ids=1, rs_k=(1, 2, 4))
+    c.train.num_chunks = 2
   full = str(tmp_path / "full")
   train.train(c, full, builder=tiny_builder)
   want = _losses(full)
@@ -104,6 +111,13 @@ def test_killed_run_resumes_with_same_next_batch(tiny_builder, data_dir, tmp_pat
   got = _losses(killed)
   for step in (1, 2, 3, 4):
     assert got[step] == pytest.approx(want[step], rel=1e-6), step
+  if family == "rs_two_pass":
+    with open(os.path.join(killed, "train_metrics.jsonl")) as f:
+      last = [json.loads(line) for line in f][-1]
+    for key in ("loss/rs_at_k", "loss/norm_ratio", "rs@k/soft_recall@1", "rs@k/hit@4",
+                "norm_ratio/more_over_less"):
+      assert np.isfinite(last[key]), key
+    assert 0 <= last["rs@k/hit@1"] <= last["rs@k/hit@4"] <= 1
 
 
 def test_pipeline_position_restores_through_checkpoint(tiny_builder, data_dir, tmp_path):
