@@ -105,3 +105,25 @@ def test_padded_classifier_gives_the_unpadded_loss():
   grad = jax.grad(lambda p: losses.label_smoothed_cross_entropy(
       padded.apply(p, x), labels, 0.1, num_classes=5))(wide)["params"]["kernel"]
   assert np.abs(grad[:, 5:]).max() == 0  # Padding columns never learn.
+
+
+@pytest.mark.parametrize("side,strides", [(2, 1), (4, 2), (3, 2), (1, 1), (8, 1)])
+def test_small_convolutions_as_matrix_products_equal_xlas(side, strides):
+  """Conv3x3 with im2col (used on the CPU for outputs up to 4x4) gives the
+  convolution's values and gradients, with the same parameter as nn.Conv;
+  larger outputs take XLA's convolution either way."""
+  x = jax.random.normal(jax.random.key(0), (3, side, side, 8))
+  ref = nn.Conv(5, (3, 3), strides, padding=1, use_bias=False)
+  params = ref.init(jax.random.key(1), x)
+  fast = resnet.Conv3x3(5, strides, im2col=True)
+  assert jax.tree.map(jnp.shape, fast.init(jax.random.key(1), x)) == jax.tree.map(
+      jnp.shape, params)
+  np.testing.assert_allclose(fast.init(jax.random.key(1), x)["params"]["kernel"],
+                             params["params"]["kernel"])  # The same initial values.
+  f = lambda p, x, m: jnp.sum(jnp.sin(m.apply(p, x)))
+  want, got = ref.apply(params, x), fast.apply(params, x)
+  assert got.shape == want.shape == (3, -(-side // strides), -(-side // strides), 5)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(jax.grad(f, (0, 1))(params, x, ref)),
+                  jax.tree.leaves(jax.grad(f, (0, 1))(params, x, fast))):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)

@@ -29,18 +29,52 @@ VARIANTS = {
 }
 
 
+# Convolutions whose output is at most this many pixels a side run as one
+# matrix product over their patches (im2col) where `small_conv` says so: XLA's
+# CPU backend runs a 3x3 convolution with a 2x2 output some 50 times slower
+# than the same matrix product (README, "Performance").
+SMALL_CONV_SIDE = 4
+
+
+class Conv3x3(nn.Module):
+  """nn.Conv(filters, (3, 3), strides, padding=1, use_bias=False), the same
+  parameter ('kernel', [3, 3, in, out]); with `im2col`, small outputs are
+  computed as patches @ kernel."""
+  filters: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+  im2col: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (3, 3, x.shape[-1], self.filters), jnp.float32)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    s, (h, w) = self.strides, x.shape[1:3]
+    ho, wo = -(-h // s), -(-w // s)
+    if self.im2col and max(ho, wo) <= SMALL_CONV_SIDE:
+      xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+      patches = jnp.concatenate([xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
+                                 for i in range(3) for j in range(3)], -1)
+      return jnp.dot(patches, kernel.reshape(-1, self.filters))
+    return jax.lax.conv_general_dilated(x, kernel, (s, s), ((1, 1), (1, 1)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 class BasicBlock(nn.Module):
   filters: int
   strides: int
   norm: Any
   dtype: Any
+  im2col: bool = False  # Small 3x3 convolutions as matrix products (Conv3x3).
 
   @nn.compact
   def __call__(self, x):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    y = conv(self.filters, (3, 3), self.strides, padding=1, name="conv1")(x)
+    conv3 = functools.partial(Conv3x3, dtype=self.dtype, im2col=self.im2col)
+    y = conv3(self.filters, self.strides, name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
-    y = conv(self.filters, (3, 3), padding=1, name="conv2")(y)
+    y = conv3(self.filters, name="conv2")(y)
     y = self.norm(name="bn2", scale_init=nn.initializers.zeros)(y)
     if x.shape != y.shape:
       x = conv(self.filters, (1, 1), self.strides, name="downsample_conv")(x)
@@ -53,13 +87,14 @@ class Bottleneck(nn.Module):
   strides: int
   norm: Any
   dtype: Any
+  im2col: bool = False  # Small 3x3 convolutions as matrix products (Conv3x3).
 
   @nn.compact
   def __call__(self, x):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
     y = nn.relu(self.norm(name="bn1")(conv(self.filters, (1, 1), name="conv1")(x)))
     # torchvision ResNet v1.5: the stride sits on the 3x3 convolution.
-    y = conv(self.filters, (3, 3), self.strides, padding=1, name="conv2")(y)
+    y = Conv3x3(self.filters, self.strides, self.dtype, self.im2col, name="conv2")(y)
     y = nn.relu(self.norm(name="bn2")(y))
     y = conv(self.filters * 4, (1, 1), name="conv3")(y)
     y = self.norm(name="bn3", scale_init=nn.initializers.zeros)(y)
@@ -163,6 +198,7 @@ class CopyDetector(nn.Module):
   bn_groups: int = 1  # Ghost BatchNorm groups (4 mimics BoT's 4 GPUs).
   wave_block: bool = False  # WaveBlock after layer2 and layer3 (training only).
   wave_chunk: int = 32  # Samples sharing one WaveBlock band.
+  small_conv_im2col: bool = False  # Small 3x3 convolutions as matrix products.
 
   def setup(self):
     if self.variant not in VARIANTS:
@@ -198,7 +234,7 @@ class CopyDetector(nn.Module):
       stage_stride = (1, 2, 2, self.last_stride)[i]
       for j in range(num_blocks):
         x = block(self.width * 2 ** i, stage_stride if j == 0 else 1, norm,
-                  self.dtype, name=f"layer{i + 1}_{j}")(x)
+                  self.dtype, self.small_conv_im2col, name=f"layer{i + 1}_{j}")(x)
       if self.wave_block and i in (1, 2):  # After layer2 and layer3, as BoT.
         x = WaveBlock(chunk=self.wave_chunk, name=f"wave{i + 1}")(x, train)
     pooled = GeM(name="gem")(x)
@@ -250,7 +286,15 @@ def build(cfg) -> CopyDetector:
       projector_dims=tuple(cfg.projector_dims),
       descriptor_dim=cfg.descriptor_dim, gate_feature=cfg.gate_feature,
       dtype=jnp.dtype(cfg.dtype), bn_groups=cfg.get("bn_groups", 1),
-      wave_block=cfg.get("wave_block", False), wave_chunk=cfg.get("wave_chunk", 32))
+      wave_block=cfg.get("wave_block", False), wave_chunk=cfg.get("wave_chunk", 32),
+      small_conv_im2col=small_conv_im2col(cfg.get("small_conv", "xla")))
+
+
+def small_conv_im2col(setting: str) -> bool:
+  """model.small_conv: xla | im2col | auto (im2col on the CPU backend)."""
+  if setting == "auto":
+    return jax.default_backend() == "cpu"
+  return setting == "im2col"
 
 
 def images_to_input(images: jax.Array) -> jax.Array:
