@@ -46,27 +46,33 @@ PEAK_TFLOPS = {
     "TPU v5e": (197.0, None), "TPU v4": (275.0, None),
 }
 
-_CONFIG = cli.define_config_flag()
-_ONLY = flags.DEFINE_list("only", list(WORKLOADS), f"Workloads, from {', '.join(WORKLOADS)}.")
-_COMPARE = flags.DEFINE_list("compare", [], "Frameworks to compare with: torch.")
-_JSON = flags.DEFINE_string("json", "", "Write the results here as JSON.")
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per train/embed/e2e row.")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (compilation included).")
-_CLASSES = flags.DEFINE_integer("num_classes", 100_000,
-                                "Classifier width, when the config classifies.")
-_WORKERS = flags.DEFINE_list("input_workers", [], "Worker processes for the input rows "
-                             "(default: 0, half the cores, all cores).")
-_BATCHES = flags.DEFINE_integer("input_batches", 20, "Timed batches per input row.")
-_SEARCH = flags.DEFINE_string("search", "", "Q,R,D of the search workload.")
-_K = flags.DEFINE_integer("k", 10, "Neighbours per query in the search workload.")
-_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s per device for the MFU "
-                           "(default: the table in asl_jax/benchmark.py for the dtype).")
-_FAKE = flags.DEFINE_integer("fake_train", 0, "For ndec/full* configs: write and prepare a "
-                             "fake download of this many training images first.")
-_FAKE_ROOT = flags.DEFINE_string("fake_root", "/tmp/asl_bench_data", "Where --fake_train goes.")
-_TORCH_COMPILE = flags.DEFINE_bool("torch_compile", True, "With --compare torch, also time "
-                                   "torch.compile (minutes of compilation on a CPU).")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+
+def _define_flags():
+  """The command line's flags (defined when it runs, so that scripts can import
+  this module with flags of their own)."""
+  global _CONFIG, _ONLY, _COMPARE, _JSON, _STEPS, _WARMUP, _CLASSES, _WORKERS, _BATCHES
+  global _SEARCH, _K, _PEAK, _FAKE, _FAKE_ROOT, _TORCH_COMPILE, _MULTIHOST
+  _CONFIG = cli.define_config_flag()
+  _ONLY = flags.DEFINE_list("only", list(WORKLOADS), f"Workloads, from {', '.join(WORKLOADS)}.")
+  _COMPARE = flags.DEFINE_list("compare", [], "Frameworks to compare with: torch.")
+  _JSON = flags.DEFINE_string("json", "", "Write the results here as JSON.")
+  _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per train/embed/e2e row.")
+  _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (compilation included).")
+  _CLASSES = flags.DEFINE_integer("num_classes", 100_000,
+                                  "Classifier width, when the config classifies.")
+  _WORKERS = flags.DEFINE_list("input_workers", [], "Worker processes for the input rows "
+                               "(default: 0, half the cores, all cores).")
+  _BATCHES = flags.DEFINE_integer("input_batches", 20, "Timed batches per input row.")
+  _SEARCH = flags.DEFINE_string("search", "", "Q,R,D of the search workload.")
+  _K = flags.DEFINE_integer("k", 10, "Neighbours per query in the search workload.")
+  _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s per device for the MFU "
+                             "(default: the table in asl_jax/benchmark.py for the dtype).")
+  _FAKE = flags.DEFINE_integer("fake_train", 0, "For ndec/full* configs: write and prepare a "
+                               "fake download of this many training images first.")
+  _FAKE_ROOT = flags.DEFINE_string("fake_root", "/tmp/asl_bench_data", "Where --fake_train goes.")
+  _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", True, "With --compare torch, also time "
+                                     "torch.compile (minutes of compilation on a CPU).")
+  _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
 
 
 class Request:
@@ -509,7 +515,7 @@ def main(argv):
     request = Request(_ONLY.value, _COMPARE.value, _SEARCH.value)
     import jax
     if _MULTIHOST.value:
-      jax.distributed.initialize()
+      cli.initialize_multihost()
     overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
     result = run(_CONFIG.value, request, steps=_STEPS.value, warmup=_WARMUP.value,
                  num_classes=_CLASSES.value, input_workers=_WORKERS.value,
@@ -529,6 +535,7 @@ def main(argv):
 
 
 def run_cli():
+  _define_flags()
   cli.check_overrides(sys.argv[1:])
   flags.mark_flags_as_required(["config"])
   app.run(main)

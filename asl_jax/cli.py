@@ -19,6 +19,18 @@ def define_config_flag():
       lock_config=True)
 
 
+def initialize_multihost():
+  """jax.distributed.initialize(): SLURM, Open MPI, Kubernetes and TPU pods
+  are detected by JAX itself; elsewhere (and to override) JAX reads
+  JAX_COORDINATOR_ADDRESS, and we pass JAX_NUM_PROCESSES / JAX_PROCESS_ID,
+  which JAX does not read."""
+  import jax
+  env = {k: int(os.environ[v]) for k, v in (("num_processes", "JAX_NUM_PROCESSES"),
+                                            ("process_id", "JAX_PROCESS_ID"))
+         if os.environ.get(v)}
+  jax.distributed.initialize(**env)
+
+
 def fail(message: str):
   print(f"asl_jax: error: {message}", file=sys.stderr)
   sys.exit(2)

@@ -6,7 +6,6 @@ Parses the config (ml_collections, locked, overridable with
 stderr and exit status 2, never a library traceback.
 """
 
-import os
 import re
 import sys
 
@@ -29,13 +28,7 @@ def main(argv):
   from asl_jax.errors import UserError
   logging.set_verbosity(logging.WARNING)
   if _MULTIHOST.value:
-    # SLURM, Open MPI, Kubernetes and TPU pods are detected by JAX itself;
-    # elsewhere (and to override) JAX reads JAX_COORDINATOR_ADDRESS, and we
-    # pass JAX_NUM_PROCESSES / JAX_PROCESS_ID, which JAX does not read.
-    env = {k: int(os.environ[v]) for k, v in (("num_processes", "JAX_NUM_PROCESSES"),
-                                              ("process_id", "JAX_PROCESS_ID"))
-           if os.environ.get(v)}
-    jax.distributed.initialize(**env)
+    cli.initialize_multihost()
   if jax.process_index() == 0:
     print(f"JAX {jax.__version__}: {jax.process_count()} process(es), "
           f"{jax.device_count()} device(s): {jax.devices()[0].device_kind}",

@@ -6,6 +6,19 @@ export PYTHONUNBUFFERED=1 TFDS_DATA_DIR=${TFDS_DATA_DIR:-/tmp/tfds}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 nvidia-smi -L
+echo "== 0. python -m asl_jax.benchmark: the paper recipe at 32 x 4 and 64 x 4, the SSCD family,"
+echo "   RS@k at B = 4,000 in 20 chunks, each timed against PyTorch (eager, torch.compile)"
+bench() { name=$1; shift; python -m asl_jax.benchmark --json "$out/bench_$name.json" "$@" 2>&1 \
+  | grep -v "^W\|^I" | tee "$out/bench_$name.txt"; }
+bench ndec_32x4 --config configs/asl.py:ndec --only train,embed,search --compare torch \
+  --search 50000,1000000,256
+bench ndec_64x4 --config configs/asl.py:ndec --config.data.ids_per_batch=64 --only train \
+  --compare torch
+bench ndec_e2e --config configs/asl.py:ndec --only input,e2e --fake_train 2000 \
+  --input_workers 0,4,8,16
+bench sscd --config configs/asl.py:ndec_sscd --only train,embed --compare torch
+bench rs_ndec --config configs/recall_surrogate.py:ndec_sym_asl --only train --steps 5 --warmup 2
+bench demo --config configs/asl.py --only train,embed --compare torch
 if [ -z "${SKIP_THROUGHPUT:-}" ]; then
 echo "== 1. paper recipe throughput (R50, 256px, bf16, 100k-way head, norm-ratio loss)"
 python benchmarks/train_throughput.py --config configs/asl.py:ndec --batch_ids 32,64 --steps 20 \

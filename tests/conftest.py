@@ -8,10 +8,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(arg=None):
-  """configs/asl.py's get_config(arg), loaded by path as --config does."""
+def load_config(arg=None, file="asl.py"):
+  """configs/<file>'s get_config(arg), loaded by path as --config does."""
   spec = importlib.util.spec_from_file_location(
-      "asl_config", os.path.join(ROOT, "configs", "asl.py"))
+      "asl_config", os.path.join(ROOT, "configs", file))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)

@@ -42,6 +42,44 @@ def test_bad_fields_are_named_before_any_work(tmp_path, field, value, match):
 def test_the_default_configs_pass():
   for arg in (None, "ndec", "ndec_baseline", "ndec_sscd", "ndec_sscd_baseline", "photos"):
     config_check.validate(load_config(arg), num_devices=1)
+  for arg in (None, "sym", "sym_asl", "asym", "asym_asl", "ndec_sym", "ndec_asym_asl",
+              "photos_sym_asl"):
+    c = load_config(arg, "recall_surrogate.py")
+    config_check.validate(c, num_devices=1)
+    assert c.loss.rs_at_k == 1.0 and c.loss.info_nce == 0.0
+  c = load_config("ndec_asym", "recall_surrogate.py")
+  assert (c.data.ids_per_batch * c.data.views_per_id, c.train.num_chunks) == (4000, 20)
+  assert c.model.variant == "r50" and c.loss.rs_design == "asymmetric"
+  config_check.validate(c, num_devices=8)
+  with pytest.raises(ValueError, match="Unknown config variant 'symm'.*asym_asl"):
+    load_config("symm", "recall_surrogate.py")
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(train__num_chunks=3), "train.num_chunks=3 is not allowed: it must be a divisor of "
+     "the batch of data.ids_per_batch x data.views_per_id = 128"),
+    (dict(train__num_chunks=64), "each chunk of 128 / 64 = 2 images splits evenly over the 8"),
+    (dict(loss__rs_k=(1, 2, 200)), r"loss.rs_k=\(1, 2, 200\) is not allowed: it must be k "
+     "values of at most 127"),
+    (dict(loss__rs_design="asymmetric", loss__rs_k=(1, 64), loss__rs_distractor_ids=4),
+     "at most 44, the database items each query is ranked against in this asymmetric"),
+    (dict(data__views_per_id=1), "at least 2 for the symmetric RS@k design"),
+    (dict(loss__simix=True, data__views_per_id=5), "loss.simix=True is not allowed: it must be "
+     "used with 3, 4, 6 mixed views per image"),
+    (dict(loss__rs_tau2=0.0), "loss.rs_tau2=0.0 is not allowed: it must be a number > 0"),
+    (dict(loss__rs_tau1=-1.0), "loss.rs_tau1=-1.0 is not allowed"),
+    (dict(loss__rs_distractor_ids=5), "a divisor of data.ids_per_batch=32 below it"),
+    (dict(loss__rs_at_k=0.0, loss__simix=True), "SiMix mixes the embeddings of the RS@k loss"),
+])
+def test_bad_recall_surrogate_settings_are_named(overrides, match):
+  c = load_config(None, "recall_surrogate.py")
+  c.loss.rs_design = "symmetric"
+  c.loss.rs_distractor_ids = 0
+  for key, value in overrides.items():
+    section, name = key.split("__")
+    c[section][name] = value
+  with pytest.raises(UserError, match=match):
+    config_check.validate(c, num_devices=8)
 
 
 def test_workdir_naming_a_file_and_k_above_the_references(tmp_path, tiny_builder, data_dir):
