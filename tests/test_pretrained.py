@@ -13,52 +13,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from asl_jax.errors import UserError  # noqa: E402
+from asl_jax import torch_reference  # noqa: E402
 from asl_jax.models import pretrained, resnet  # noqa: E402
 
 
 # ------------------------------------ torchvision's ResNet, same tensor names --
-class BasicBlock(nn.Module):
-  expansion = 1
-
-  def __init__(self, cin, width, stride):
-    super().__init__()
-    self.conv1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(width)
-    self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(width)
-    self.relu = nn.ReLU()
-    self.downsample = None
-    if stride != 1 or cin != width:
-      self.downsample = nn.Sequential(nn.Conv2d(cin, width, 1, stride, bias=False),
-                                      nn.BatchNorm2d(width))
-
-  def forward(self, x):
-    y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-    return self.relu(y + (self.downsample(x) if self.downsample is not None else x))
-
-
-class Bottleneck(nn.Module):
-  expansion = 4
-
-  def __init__(self, cin, width, stride):
-    super().__init__()
-    self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(width)
-    self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(width)
-    self.conv3 = nn.Conv2d(width, width * 4, 1, bias=False)
-    self.bn3 = nn.BatchNorm2d(width * 4)
-    self.relu = nn.ReLU()
-    self.downsample = None
-    if stride != 1 or cin != width * 4:
-      self.downsample = nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride, bias=False),
-                                      nn.BatchNorm2d(width * 4))
-
-  def forward(self, x):
-    y = self.relu(self.bn1(self.conv1(x)))
-    y = self.relu(self.bn2(self.conv2(y)))
-    y = self.bn3(self.conv3(y))
-    return self.relu(y + (self.downsample(x) if self.downsample is not None else x))
+# The blocks are asl_jax.torch_reference's (the benchmark's PyTorch model).
+BasicBlock, Bottleneck = torch_reference.Basic, torch_reference.Bottleneck
 
 
 class TorchResNet(nn.Module):
