@@ -1,7 +1,7 @@
 """Where the CPU train step's stride-2 cliff came from: one 3x3 convolution,
 512 -> 512 channels, batch 64, forward and forward + backward, at several
 output sizes, as XLA's convolution and as one matrix product over its
-patches (`models/resnet.Conv3x3` with im2col, what `model.small_conv=auto`
+patches (`models/resnet.Conv` with im2col, what `model.small_conv=auto`
 uses on the CPU for outputs up to 4x4).
 
   python benchmarks/small_conv.py --sides 1,2,3,4,8
@@ -39,7 +39,7 @@ def main(argv):
     x = jax.random.normal(jax.random.key(0), (b, side, side, c))
     for name, im2col in (("XLA conv", False), ("im2col matmul", True)):
       # Below 5x5 the module takes the matrix product when asked to.
-      module = resnet.Conv3x3(c, 1, im2col=im2col)
+      module = resnet.Conv(c, 3, 1, im2col=im2col)
       params = module.init(jax.random.key(1), x[:1])
       loss = lambda p, x, m=module: jnp.sum(m.apply(p, x) ** 2)
       fwd = seconds(jax.jit(loss), params, x)

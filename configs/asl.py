@@ -76,6 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.wave_chunk = 32               # Samples sharing one WaveBlock band.
   m.shard_classifier = False      # Split the classifier's classes over the devices.
   m.small_conv = "auto"           # 3x3 convs with <= 4x4 outputs: xla | im2col | auto (CPU).
+  m.conv_grad = "auto"            # Convolution gradients: xla | canonical | auto (CPU).
   m.init_from = ""                # Pretrained trunk: torchvision .pth/.pt or timm .safetensors.
   m.init_strict = True            # A missing/mismatched/unused trunk tensor is an error.
 

@@ -1,5 +1,7 @@
-"""The paper recipe's model parts: ghost BatchNorm, WaveBlock and the padded
-(class-shardable) classifier, against direct computations."""
+"""The model's parts: ghost BatchNorm, WaveBlock, the padded (class-shardable)
+classifier and the CPU convolution paths, against direct computations."""
+
+import re
 
 import flax.linen as nn
 import jax
@@ -109,13 +111,13 @@ def test_padded_classifier_gives_the_unpadded_loss():
 
 @pytest.mark.parametrize("side,strides", [(2, 1), (4, 2), (3, 2), (1, 1), (8, 1)])
 def test_small_convolutions_as_matrix_products_equal_xlas(side, strides):
-  """Conv3x3 with im2col (used on the CPU for outputs up to 4x4) gives the
+  """Conv with im2col (used on the CPU for 3x3 outputs up to 4x4) gives the
   convolution's values and gradients, with the same parameter as nn.Conv;
   larger outputs take XLA's convolution either way."""
   x = jax.random.normal(jax.random.key(0), (3, side, side, 8))
   ref = nn.Conv(5, (3, 3), strides, padding=1, use_bias=False)
   params = ref.init(jax.random.key(1), x)
-  fast = resnet.Conv3x3(5, strides, im2col=True)
+  fast = resnet.Conv(5, 3, strides, im2col=True)
   assert jax.tree.map(jnp.shape, fast.init(jax.random.key(1), x)) == jax.tree.map(
       jnp.shape, params)
   np.testing.assert_allclose(fast.init(jax.random.key(1), x)["params"]["kernel"],
@@ -127,3 +129,47 @@ def test_small_convolutions_as_matrix_products_equal_xlas(side, strides):
   for a, b in zip(jax.tree.leaves(jax.grad(f, (0, 1))(params, x, ref)),
                   jax.tree.leaves(jax.grad(f, (0, 1))(params, x, fast))):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,side,strides", [(3, 8, 1), (3, 8, 2), (3, 9, 2), (1, 8, 2),
+                                                 (1, 9, 2), (1, 6, 1), (7, 12, 2), (7, 13, 2)])
+def test_canonical_gradient_convolution_equals_xlas(kernel, side, strides):
+  """Conv with canonical_grad (the CPU default, model.conv_grad=auto): the
+  values and both gradients of nn.Conv's convolution, for every kernel size
+  and stride the ResNets use, odd sides included; the same parameter."""
+  x = jax.random.normal(jax.random.key(0), (3, side, side, 4))
+  ref = nn.Conv(5, (kernel, kernel), strides, padding=kernel // 2, use_bias=False)
+  params = ref.init(jax.random.key(1), x)
+  mine = resnet.Conv(5, kernel, strides, canonical_grad=True)
+  np.testing.assert_allclose(mine.init(jax.random.key(1), x)["params"]["kernel"],
+                             params["params"]["kernel"])
+  f = lambda p, x, m: jnp.sum(jnp.sin(m.apply(p, x)) * jnp.arange(5.0))
+  np.testing.assert_allclose(mine.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+  (gp_ref, gx_ref), (gp, gx) = (jax.grad(f, (0, 1))(params, x, m) for m in (ref, mine))
+  assert gx.shape == x.shape
+  np.testing.assert_allclose(gx, gx_ref, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(gp["params"]["kernel"], gp_ref["params"]["kernel"],
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_convolutions_in_a_loop_body_are_canonical():
+  """Why model.conv_grad=auto takes `canonical` on the CPU: inside a
+  `lax.scan` body (the two-pass step's), XLA's CPU backend leaves JAX's own
+  gradient convolutions in their swapped forms (and runs them ~25x slower);
+  the canonical ones compile to batch-spatial-feature convolutions only."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("a check of XLA's CPU backend")
+  x = jax.random.normal(jax.random.key(0), (2, 4, 6, 6, 8))
+  labels = {}
+  for canonical in (False, True):
+    conv = resnet.Conv(8, 3, 1, canonical_grad=canonical)
+    params = conv.init(jax.random.key(1), x[0])
+    grad = jax.grad(lambda p, xi: jnp.sum(conv.apply(p, xi) ** 2))
+
+    def loop(p, x):
+      return jax.lax.scan(lambda c, xi: (jax.tree.map(jnp.add, c, grad(p, xi)), None),
+                          jax.tree.map(jnp.zeros_like, p), x)[0]
+    hlo = jax.jit(loop).lower(params, x).compile().as_text()
+    labels[canonical] = set(re.findall(r"dim_labels=([\w>-]+)", hlo))
+  assert labels[True] == {"b01f_01io->b01f"}, labels
+  assert labels[False] != labels[True], labels  # XLA's own forms: the reason for this option.

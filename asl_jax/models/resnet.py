@@ -36,48 +36,93 @@ VARIANTS = {
 SMALL_CONV_SIDE = 4
 
 
-class Conv3x3(nn.Module):
-  """nn.Conv(filters, (3, 3), strides, padding=1, use_bias=False), the same
-  parameter ('kernel', [3, 3, in, out]); with `im2col`, small outputs are
-  computed as patches @ kernel."""
+def _conv(x, w, s, pad):
+  return jax.lax.conv_general_dilated(x, w, (s, s), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_canonical_grad(x, w, s: int, pad: int):
+  """`_conv(x, w, s, pad)` (NHWC x HWIO, square kernel, stride s, padding
+  pad) whose gradients are convolutions in XLA's canonical form, their
+  operands transposed here. XLA's CPU backend puts the gradient convolutions
+  that JAX writes (batch as the contracted feature, a swapped kernel) into
+  that form itself, but not inside a loop body (`lax.scan`, as the two-pass
+  step has), where it computes them with its naive loop emitter some 25
+  times slower (README, "Performance")."""
+  return _conv(x, w, s, pad)
+
+
+def _conv_fwd(x, w, s, pad):
+  return _conv(x, w, s, pad), (x, w)
+
+
+def _conv_bwd(s, pad, res, g):
+  x, w = res
+  k, h, ho = w.shape[0], x.shape[1], g.shape[1]
+  dims = ("NHWC", "HWIO", "NHWC")
+  # dx: g dilated by s, padded, against the kernel turned by 180 degrees
+  # with its in and out channels swapped.
+  lo, hi = k - 1 - pad, h - (ho - 1) * s - 1 + pad
+  w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+  dx = jax.lax.conv_general_dilated(g, w_t, (1, 1), ((lo, hi), (lo, hi)), lhs_dilation=(s, s),
+                                    dimension_numbers=dims)
+  # dw: x with channels as the batch and images as the feature, against g
+  # (images in, channels out) dilated by s: out [Cin, k, k, Cout].
+  hi = k + (ho - 1) * s - h - pad
+  dw = jax.lax.conv_general_dilated(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1),
+                                    ((pad, hi), (pad, hi)), rhs_dilation=(s, s),
+                                    dimension_numbers=dims)
+  return dx, dw.transpose(1, 2, 0, 3).astype(w.dtype)
+
+
+conv_canonical_grad.defvjp(_conv_fwd, _conv_bwd)
+
+
+class Conv(nn.Module):
+  """nn.Conv(filters, (k, k), strides, padding=k // 2, use_bias=False), the
+  same parameter ('kernel', [k, k, in, out]). Where asked: 3x3 convolutions
+  with small outputs computed as patches @ kernel (`im2col`), and gradients
+  as canonical convolutions (`canonical_grad`, `conv_canonical_grad`)."""
   filters: int
+  kernel_size: int = 3
   strides: int = 1
   dtype: Any = jnp.float32
   im2col: bool = False
+  canonical_grad: bool = False
 
   @nn.compact
   def __call__(self, x):
+    k = self.kernel_size
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (3, 3, x.shape[-1], self.filters), jnp.float32)
+                        (k, k, x.shape[-1], self.filters), jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     s, (h, w) = self.strides, x.shape[1:3]
     ho, wo = -(-h // s), -(-w // s)
-    if self.im2col and max(ho, wo) <= SMALL_CONV_SIDE:
+    if k == 3 and self.im2col and max(ho, wo) <= SMALL_CONV_SIDE:
       xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
       patches = jnp.concatenate([xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
                                  for i in range(3) for j in range(3)], -1)
       return jnp.dot(patches, kernel.reshape(-1, self.filters))
-    return jax.lax.conv_general_dilated(x, kernel, (s, s), ((1, 1), (1, 1)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.canonical_grad:
+      return conv_canonical_grad(x, kernel, s, k // 2)
+    return _conv(x, kernel, s, k // 2)
 
 
 class BasicBlock(nn.Module):
   filters: int
   strides: int
   norm: Any
-  dtype: Any
-  im2col: bool = False  # Small 3x3 convolutions as matrix products (Conv3x3).
+  conv: Any  # Conv with its dtype and options: conv(filters, kernel_size, strides, name=).
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    conv3 = functools.partial(Conv3x3, dtype=self.dtype, im2col=self.im2col)
-    y = conv3(self.filters, self.strides, name="conv1")(x)
+    y = self.conv(self.filters, 3, self.strides, name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
-    y = conv3(self.filters, name="conv2")(y)
+    y = self.conv(self.filters, 3, name="conv2")(y)
     y = self.norm(name="bn2", scale_init=nn.initializers.zeros)(y)
     if x.shape != y.shape:
-      x = conv(self.filters, (1, 1), self.strides, name="downsample_conv")(x)
+      x = self.conv(self.filters, 1, self.strides, name="downsample_conv")(x)
       x = self.norm(name="downsample_bn")(x)
     return nn.relu(x + y)
 
@@ -86,20 +131,18 @@ class Bottleneck(nn.Module):
   filters: int
   strides: int
   norm: Any
-  dtype: Any
-  im2col: bool = False  # Small 3x3 convolutions as matrix products (Conv3x3).
+  conv: Any
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    y = nn.relu(self.norm(name="bn1")(conv(self.filters, (1, 1), name="conv1")(x)))
+    y = nn.relu(self.norm(name="bn1")(self.conv(self.filters, 1, name="conv1")(x)))
     # torchvision ResNet v1.5: the stride sits on the 3x3 convolution.
-    y = Conv3x3(self.filters, self.strides, self.dtype, self.im2col, name="conv2")(y)
+    y = self.conv(self.filters, 3, self.strides, name="conv2")(y)
     y = nn.relu(self.norm(name="bn2")(y))
-    y = conv(self.filters * 4, (1, 1), name="conv3")(y)
+    y = self.conv(self.filters * 4, 1, name="conv3")(y)
     y = self.norm(name="bn3", scale_init=nn.initializers.zeros)(y)
     if x.shape != y.shape:
-      x = conv(self.filters * 4, (1, 1), self.strides, name="downsample_conv")(x)
+      x = self.conv(self.filters * 4, 1, self.strides, name="downsample_conv")(x)
       x = self.norm(name="downsample_bn")(x)
     return nn.relu(x + y)
 
@@ -199,6 +242,7 @@ class CopyDetector(nn.Module):
   wave_block: bool = False  # WaveBlock after layer2 and layer3 (training only).
   wave_chunk: int = 32  # Samples sharing one WaveBlock band.
   small_conv_im2col: bool = False  # Small 3x3 convolutions as matrix products.
+  conv_canonical_grad: bool = False  # Gradients as canonical convolutions (CPU loops).
 
   def setup(self):
     if self.variant not in VARIANTS:
@@ -220,21 +264,21 @@ class CopyDetector(nn.Module):
                                dtype=self.dtype)
     block_name, stages, stem = VARIANTS[self.variant]
     block = BasicBlock if block_name == "basic" else Bottleneck
+    conv = functools.partial(Conv, dtype=self.dtype, im2col=self.small_conv_im2col,
+                             canonical_grad=self.conv_canonical_grad)
     x = images.astype(self.dtype)
     if stem == "imagenet":
-      x = nn.Conv(self.width, (7, 7), 2, padding=3, use_bias=False,
-                  dtype=self.dtype, name="conv1")(x)
+      x = conv(self.width, 7, 2, name="conv1")(x)
       x = nn.relu(norm(name="bn1")(x))
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     else:
-      x = nn.Conv(self.width, (3, 3), 2, padding=1, use_bias=False,
-                  dtype=self.dtype, name="conv1")(x)
+      x = conv(self.width, 3, 2, name="conv1")(x)
       x = nn.relu(norm(name="bn1")(x))
     for i, num_blocks in enumerate(stages):
       stage_stride = (1, 2, 2, self.last_stride)[i]
       for j in range(num_blocks):
-        x = block(self.width * 2 ** i, stage_stride if j == 0 else 1, norm,
-                  self.dtype, self.small_conv_im2col, name=f"layer{i + 1}_{j}")(x)
+        x = block(self.width * 2 ** i, stage_stride if j == 0 else 1, norm, conv,
+                  name=f"layer{i + 1}_{j}")(x)
       if self.wave_block and i in (1, 2):  # After layer2 and layer3, as BoT.
         x = WaveBlock(chunk=self.wave_chunk, name=f"wave{i + 1}")(x, train)
     pooled = GeM(name="gem")(x)
@@ -287,14 +331,17 @@ def build(cfg) -> CopyDetector:
       descriptor_dim=cfg.descriptor_dim, gate_feature=cfg.gate_feature,
       dtype=jnp.dtype(cfg.dtype), bn_groups=cfg.get("bn_groups", 1),
       wave_block=cfg.get("wave_block", False), wave_chunk=cfg.get("wave_chunk", 32),
-      small_conv_im2col=small_conv_im2col(cfg.get("small_conv", "xla")))
+      small_conv_im2col=on_cpu_if_auto(cfg.get("small_conv", "xla"), "im2col"),
+      conv_canonical_grad=on_cpu_if_auto(cfg.get("conv_grad", "xla"), "canonical"))
 
 
-def small_conv_im2col(setting: str) -> bool:
-  """model.small_conv: xla | im2col | auto (im2col on the CPU backend)."""
+def on_cpu_if_auto(setting: str, choice: str) -> bool:
+  """model.small_conv (xla | im2col | auto) and model.conv_grad (xla |
+  canonical | auto): whether `choice` is taken; auto takes it on the CPU
+  backend."""
   if setting == "auto":
     return jax.default_backend() == "cpu"
-  return setting == "im2col"
+  return setting == choice
 
 
 def images_to_input(images: jax.Array) -> jax.Array:
