@@ -160,16 +160,13 @@ def test_gradient_convolutions_in_a_loop_body_are_canonical():
   if jax.default_backend() != "cpu":
     pytest.skip("a check of XLA's CPU backend")
   x = jax.random.normal(jax.random.key(0), (2, 4, 6, 6, 8))
-  labels = {}
-  for canonical in (False, True):
-    conv = resnet.Conv(8, 3, 1, canonical_grad=canonical)
+  def loop_hlo(conv):
     params = conv.init(jax.random.key(1), x[0])
     grad = jax.grad(lambda p, xi: jnp.sum(conv.apply(p, xi) ** 2))
-
-    def loop(p, x):
-      return jax.lax.scan(lambda c, xi: (jax.tree.map(jnp.add, c, grad(p, xi)), None),
-                          jax.tree.map(jnp.zeros_like, p), x)[0]
-    hlo = jax.jit(loop).lower(params, x).compile().as_text()
-    labels[canonical] = set(re.findall(r"dim_labels=([\w>-]+)", hlo))
+    body = lambda c, xi: (jax.tree.map(jnp.add, c, grad(params, xi)), None)
+    loop = lambda x: jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), x)[0]
+    return jax.jit(loop).lower(x).compile().as_text()
+  labels = {canonical: set(re.findall(r"dim_labels=([\w>-]+)", loop_hlo(
+      resnet.Conv(8, 3, 1, canonical_grad=canonical)))) for canonical in (False, True)}
   assert labels[True] == {"b01f_01io->b01f"}, labels
   assert labels[False] != labels[True], labels  # XLA's own forms: the reason for this option.
