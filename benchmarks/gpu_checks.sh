@@ -19,6 +19,9 @@ bench ndec_e2e --config configs/asl.py:ndec --only input,e2e --fake_train 2000 \
 bench sscd --config configs/asl.py:ndec_sscd --only train,embed --compare torch
 bench rs_ndec --config configs/recall_surrogate.py:ndec_sym_asl --only train --steps 5 --warmup 2
 bench demo --config configs/asl.py --only train,embed --compare torch
+echo "== 0a. where the paper recipe's step time goes (jax.profiler trace, per kernel)"
+python benchmarks/profile_step.py --config configs/asl.py:ndec --num_classes 100000 --steps 3 \
+  2>&1 | grep -v "^W\|^I" | tee "$out/profile_ndec.txt"
 if [ -z "${SKIP_THROUGHPUT:-}" ]; then
 echo "== 1. paper recipe throughput (R50, 256px, bf16, 100k-way head, norm-ratio loss)"
 python benchmarks/train_throughput.py --config configs/asl.py:ndec --batch_ids 32,64 --steps 20 \
