@@ -8,12 +8,12 @@ installed.
   python benchmarks/conv_grad.py --batch 128
 """
 
-import time
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import app, flags
 
+from asl_jax import benchmark
 from asl_jax.models import resnet
 
 _BATCH = flags.DEFINE_integer("batch", 128, "Images.")
@@ -25,14 +25,10 @@ SHAPES = [(48, 3, 16, 2), (24, 16, 16, 1), (24, 16, 32, 2), (12, 32, 32, 1), (12
 CHUNKS = 4
 
 
-def median_ms(fn, *args):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(_REPEATS.value):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return sorted(times)[len(times) // 2] * 1e3
+def median_ms(fn, *args, sync=jax.block_until_ready):
+  """Median milliseconds of one call of fn(*args), after one untimed call."""
+  sync(fn(*args))
+  return float(np.median(benchmark.time_each(lambda: fn(*args), _REPEATS.value, sync))) * 1e3
 
 
 def jax_rows(x, w, s):
@@ -61,14 +57,8 @@ def torch_ms(b, side, cin, cout, s):
 
   def step():
     y = conv(x)
-    torch.autograd.grad((y ** 2).sum(), (x, conv.weight))
-  step()
-  times = []
-  for _ in range(_REPEATS.value):
-    t0 = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t0)
-  return sorted(times)[len(times) // 2] * 1e3
+    return torch.autograd.grad((y ** 2).sum(), (x, conv.weight))
+  return median_ms(step, sync=lambda out: out)
 
 
 def main(argv):

@@ -36,9 +36,12 @@ VARIANTS = {
 SMALL_CONV_SIDE = 4
 
 
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
 def _conv(x, w, s, pad):
   return jax.lax.conv_general_dilated(x, w, (s, s), ((pad, pad), (pad, pad)),
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                                      dimension_numbers=_DIMS)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -60,19 +63,18 @@ def _conv_fwd(x, w, s, pad):
 def _conv_bwd(s, pad, res, g):
   x, w = res
   k, h, ho = w.shape[0], x.shape[1], g.shape[1]
-  dims = ("NHWC", "HWIO", "NHWC")
   # dx: g dilated by s, padded, against the kernel turned by 180 degrees
   # with its in and out channels swapped.
   lo, hi = k - 1 - pad, h - (ho - 1) * s - 1 + pad
   w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
   dx = jax.lax.conv_general_dilated(g, w_t, (1, 1), ((lo, hi), (lo, hi)), lhs_dilation=(s, s),
-                                    dimension_numbers=dims)
+                                    dimension_numbers=_DIMS)
   # dw: x with channels as the batch and images as the feature, against g
   # (images in, channels out) dilated by s: out [Cin, k, k, Cout].
   hi = k + (ho - 1) * s - h - pad
   dw = jax.lax.conv_general_dilated(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1),
                                     ((pad, hi), (pad, hi)), rhs_dilation=(s, s),
-                                    dimension_numbers=dims)
+                                    dimension_numbers=_DIMS)
   return dx, dw.transpose(1, 2, 0, 3).astype(w.dtype)
 
 
