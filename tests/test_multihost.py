@@ -16,14 +16,18 @@ from test_train import _tiny_flags
 # The words of Gloo's connection lines ("[Gloo] Rank 2 is connected to 3 peer
 # ranks. Expected number of connected peer ranks is : 3"). Its threads write
 # each line in pieces, concurrently, so pieces of several lines can interleave
-# in any order; what is left once their words and numbers are taken out is
-# what the process itself printed.
-_GLOO_WORDS = set("[Gloo] Rank is connected to peer ranks. Expected number of ranks :".split())
+# in any order, with or without a space between them ("2[Gloo]"); what is left
+# once their words (longest first) and numbers are taken out is what the
+# process itself printed.
+_GLOO_WORDS = sorted(set("[Gloo] Rank is connected to peer ranks. Expected number of ranks :"
+                         .split()), key=len, reverse=True)
 
 
 def _without_gloo(text: str) -> list[str]:
-  """The words of `text` that are not Gloo's connection lines' words or numbers."""
-  return [w for w in text.split() if w not in _GLOO_WORDS and not w.isdigit()]
+  """What is left of `text` without Gloo's connection lines' words and numbers."""
+  for word in _GLOO_WORDS:
+    text = text.replace(word, " ")
+  return [w for w in text.split() if not w.isdigit()]
 
 
 def _free_port() -> int:
