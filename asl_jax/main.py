@@ -50,7 +50,12 @@ def main(argv):
           "devices. Checkpoints already written are kept.")
   except train.Preempted as e:
     print(str(e), file=sys.stderr, flush=True)
-    sys.exit(143)  # 128 + SIGTERM, as if the signal had ended the process.
+    sys.exit(128 + e.signum)  # As if the signal had ended the process (143, 130).
+  except KeyboardInterrupt:
+    print("asl_jax: interrupted (Ctrl-C) before a step could be checkpointed; the "
+          "checkpoints already written are kept, and rerunning the same command resumes "
+          "from the latest.", file=sys.stderr, flush=True)
+    sys.exit(130)
 
 
 def run():

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from asl_jax import (checkpointing, config_check, copy_edits, data, input_pipeline, losses,
-                     recall_surrogate, sharding, tensorboard)
+                     recall_surrogate, run_config, sharding, tensorboard)
 from asl_jax.errors import UserError
 from asl_jax.models import resnet
 
@@ -392,8 +392,12 @@ def train(config, workdir: str, builder=None):
   start = ckpt.latest_step()
   if start is not None:
     ckpt.check_compatible(start, json.loads(json.dumps(meta["fingerprint"])))
+  run_config.check_resume(workdir, config, start is not None, log,
+                          writer=jax.process_index() == 0)
+  if start is not None:
     state = ckpt.restore(start, checkpointing.abstract(state), it)
     log(f"Resumed from the checkpoint of step {start} in {ckpt.directory}")
+    _drop_lines_after(os.path.join(workdir, "train_metrics.jsonl"), start)
   elif config.model.init_from:
     state = load_pretrained(state, config, workdir)
   start = int(start or 0)
@@ -411,11 +415,6 @@ def train(config, workdir: str, builder=None):
       batch = sharding.global_batch(next(it), mesh)
       state, metrics = update(state, batch, step_rng)
       seen += 1
-      if preemption.reached(step):
-        ckpt.save(step, state, it, meta, force=True)
-        raise Preempted(
-            f"Stopped by SIGTERM (preemption) after step {step}; its checkpoint is in "
-            f"{ckpt.directory}. Run the same command again to resume.")
       if step % config.train.log_every == 0 or step == total:
         metrics = jax.device_get(metrics)
         if not np.isfinite(metrics["loss/total"]):
@@ -437,6 +436,13 @@ def train(config, workdir: str, builder=None):
       if step % config.train.checkpoint_every == 0 or step == total:
         ckpt.save(step, state, it, meta, force=True)
         last_good = step
+      # After the step's log line and checkpoint, so that a resume logs the next step.
+      if preemption.reached(step):
+        if last_good != step:
+          ckpt.save(step, state, it, meta, force=True)
+        raise Preempted(
+            f"Stopped by {preemption.signal_name} after step {step}; its checkpoint is in "
+            f"{ckpt.directory}. Run the same command again to resume.", preemption.signum)
   finally:  # Also on errors and interrupts: finish the checkpoints in flight.
     preemption.close()
     if events:
@@ -448,23 +454,42 @@ def train(config, workdir: str, builder=None):
 
 
 class Preempted(Exception):
-  """Training stopped on SIGTERM after checkpointing; rerunning resumes."""
+  """Training stopped on SIGTERM or SIGINT after checkpointing; rerunning resumes.
+  `signum` is the signal (the exit status is 128 + it)."""
+
+  def __init__(self, message: str, signum: int = signal.SIGTERM):
+    super().__init__(message)
+    self.signum = int(signum)
 
 
 class PreemptionWatch:
   """Notices SIGTERM (what SLURM, Kubernetes and Cloud TPU send before
-  preempting). On one process a signal handler sets a flag; on several, JAX's
-  coordination service makes every process stop at the same step, so that the
-  checkpoint they write together is consistent."""
+  preempting) and SIGINT (Ctrl-C). On one process a signal handler sets a flag
+  and training stops after the current step with a checkpoint; a second Ctrl-C
+  stops at once (without one). On several processes JAX's coordination service
+  makes every process stop at the same step on SIGTERM, so that the checkpoint
+  they write together is consistent (SIGINT keeps its default there)."""
+
+  _NAMES = {signal.SIGTERM: "SIGTERM (preemption)", signal.SIGINT: "SIGINT (Ctrl-C)"}
 
   def __init__(self):
-    self.requested, self._previous = False, None
+    self.requested, self.signum, self._previous = False, signal.SIGTERM, {}
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+
+  @property
+  def signal_name(self) -> str:
+    return self._NAMES.get(self.signum, f"signal {self.signum}")
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # The second Ctrl-C: stop now, without a checkpoint.
+    self.requested, self.signum = True, signum
+    # os.write, not print: the handler may run while the main thread is printing.
+    os.write(2, f"{self.signal_name} received: stopping after this step with a checkpoint "
+                "(press Ctrl-C again to stop at once, without one).\n".encode())
 
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:
@@ -473,9 +498,31 @@ class PreemptionWatch:
     return self.requested
 
   def close(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+    self._previous = {}
+
+
+def _drop_lines_after(path: str, step: int):
+  """Removes the metrics a stopped run logged after its last checkpoint: the
+  resumed run logs those steps again (the same values), once."""
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  keep = [line for line in lines if _logged_step(line) <= step]
+  if len(keep) != len(lines):
+    with open(path + ".tmp", "w") as f:
+      f.writelines(keep)
+    os.replace(path + ".tmp", path)
+
+
+def _logged_step(line: str) -> float:
+  """A jsonl line's step; a line cut short by a kill counts as after every step."""
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):
+    return float("inf")
 
 
 def _append_jsonl(path: str, record: dict):

@@ -109,6 +109,8 @@ def test_killed_run_resumes_with_same_next_batch(tiny_builder, data_dir, tmp_pat
   _, state, _ = train.train(c, killed, builder=tiny_builder)
   assert int(state.step) == 4
   got = _losses(killed)
+  with open(os.path.join(killed, "train_metrics.jsonl")) as f:  # Step 3 logged once.
+    assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4]
   for step in (1, 2, 3, 4):
     assert got[step] == pytest.approx(want[step], rel=1e-6), step
   if family == "rs_two_pass":
@@ -259,30 +261,37 @@ def test_train_on_fake_ndec_full_and_evaluate_on_disc21_dev(tmp_path):
   assert os.path.isdir(tmp_path / "data/ndec/full/1.1.0")
 
 
-def test_sigterm_checkpoints_and_resumes_and_events_are_readable(tiny_builder, data_dir, tmp_path):
-  """SIGTERM (preemption) stops after the current step with a checkpoint of
-  it, exit status 143; rerunning resumes from that step. The TensorBoard
-  event file holds the logged scalars with valid CRCs."""
+@pytest.mark.parametrize("signame,status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signal_checkpoints_and_resumes_exactly_and_events_are_readable(
+    tiny_builder, data_dir, tmp_path, signame, status):
+  """SIGTERM (preemption) and SIGINT (Ctrl-C) stop after the current step
+  with a checkpoint of it and one line on stderr (no traceback), exit status
+  128 + the signal; rerunning the same command resumes from that step and
+  logs every step once, with the losses of an uninterrupted run. The
+  TensorBoard event file holds the logged scalars with valid CRCs."""
   import signal
   from asl_jax import tensorboard
-  workdir = str(tmp_path / "run")
-  flags = [*_tiny_flags(data_dir), "--config.train.total_steps=500",
+  workdir, total = str(tmp_path / "run"), 40
+  flags = [*_tiny_flags(data_dir), f"--config.train.total_steps={total}",
            "--config.train.log_every=1", "--config.train.checkpoint_every=1000"]
   p = subprocess.Popen([sys.executable, "-m", "asl_jax.main", "--config", "configs/asl.py",
                         f"--workdir={workdir}", *flags], cwd=ROOT, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True)
   for line in p.stdout:
-    if line.startswith("step 3/"):
-      p.send_signal(signal.SIGTERM)
+    if line.startswith("step 2/"):
+      p.send_signal(getattr(signal, signame))
       break
   out, err = p.communicate(timeout=300)
-  assert p.returncode == 143, err[-2000:]
-  stopped = int(re.search(r"Stopped by SIGTERM \(preemption\) after step (\d+)", err).group(1))
-  assert 3 <= stopped < 500
+  assert p.returncode == status, err[-2000:]
+  assert "Traceback" not in err, err[-2000:]
+  stopped = int(re.search(rf"Stopped by {signame} \(\w+(?:-\w)?\) after step (\d+)",
+                          err).group(1))
+  assert 2 <= stopped < total
   steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
   assert steps == [stopped]
-  r = _run_main(["--config", "configs/asl.py", f"--workdir={workdir}", *flags,
-                 f"--config.train.total_steps={stopped + 1}"])
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["train"]["total_steps"] == total
+  r = _run_main(["--config", "configs/asl.py", f"--workdir={workdir}", *flags])
   assert r.returncode == 0, r.stderr[-2000:]
   assert f"Resumed from the checkpoint of step {stopped}" in r.stdout
   files = [f for f in os.listdir(workdir) if f.startswith("events.out.tfevents.")]
@@ -291,14 +300,53 @@ def test_sigterm_checkpoints_and_resumes_and_events_are_readable(tiny_builder, d
   tags = {tag for _, tag, _ in scalars}
   assert {"loss/total", "learning_rate", "grad_norm", "images_per_second",
           "norm_ratio/more_over_less"} <= tags
-  logged = sorted({step for step, tag, _ in scalars if tag == "loss/total"})
-  # The stopping step is checkpointed before it is logged; the rerun logs the next.
-  assert logged == list(range(1, stopped)) + [stopped + 1]
+  logged = sorted(step for step, tag, _ in scalars if tag == "loss/total")
+  # The stopping step is logged before it is checkpointed; the rerun logs the next.
+  assert logged == list(range(1, total + 1))
   with open(os.path.join(workdir, "train_metrics.jsonl")) as f:
-    jsonl = {json.loads(line)["step"]: json.loads(line)["loss/total"] for line in f}
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records] == list(range(1, total + 1))  # Each step once.
+  jsonl = {r["step"]: r["loss/total"] for r in records}
   for step, tag, value in scalars:
     if tag == "loss/total":
       assert value == pytest.approx(jsonl[step], rel=1e-6)
+  # The same losses as a run that was not interrupted.
+  c = tiny_config(data_dir)
+  c.train.update(total_steps=total, log_every=1, checkpoint_every=1000)
+  full = str(tmp_path / "full")
+  train.train(c, full, builder=tiny_builder)
+  want = _losses(full)
+  for step in range(1, total + 1):
+    assert jsonl[step] == pytest.approx(want[step], rel=1e-5), step
+
+
+def test_resume_with_another_config_is_refused_or_says_what_changed(
+    tiny_builder, data_dir, tmp_path, capsys):
+  """A training-side change is refused with the field named and nothing
+  changed; an eval.* change is accepted and said; config.json follows."""
+  c = tiny_config(data_dir)
+  c.train.total_steps = 2
+  workdir = str(tmp_path)
+  train.train(c, workdir, builder=tiny_builder)
+  path = os.path.join(workdir, "config.json")
+  with open(path) as f:
+    before = f.read()
+  assert json.loads(before)["loss"]["norm_ratio"] == 10.0
+  c.loss.norm_ratio = 3.0
+  with pytest.raises(UserError, match=r"loss.norm_ratio: 10.0 in the run, 3.0 now"):
+    train.train(c, workdir, builder=tiny_builder)
+  with open(path) as f:
+    assert f.read() == before
+  c.loss.norm_ratio, c.eval.k, c.train.log_every = 10.0, 3, 1
+  capsys.readouterr()
+  train.train(c, workdir, builder=tiny_builder)
+  out = capsys.readouterr().out
+  assert "Resumed from the checkpoint of step 2" in out
+  assert "evaluation-side changes: eval.k: 5 in the run, 3 now" in out
+  with open(path) as f:
+    saved = json.load(f)
+  assert saved["eval"]["k"] == 3 and saved["train"]["log_every"] == 1
+  assert saved["loss"]["norm_ratio"] == 10.0
 
 
 def test_every_nth_training_image():

@@ -327,8 +327,9 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "gate.json"), "w") as f:
       json.dump(gate_record, f, indent=2)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
+    if not os.path.exists(os.path.join(workdir, "config.json")):  # Training wrote it.
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
     # The gallery shows the configured decision's mistakes (what predictions.csv holds).
     _write_outputs(workdir, report, curves, query_ids, reference_ids, q_desc, q_norm,
                    ref_desc, ref_norm, pairs, final_keep, gt, meta, queries_src, refs_src,
