@@ -513,6 +513,7 @@ def main(argv):
   from asl_jax.errors import UserError
   try:
     request = Request(_ONLY.value, _COMPARE.value, _SEARCH.value)
+    _check_counts_and_output(_STEPS.value, _WARMUP.value, _BATCHES.value, _JSON.value)
     import jax
     if _MULTIHOST.value:
       cli.initialize_multihost()
@@ -532,6 +533,18 @@ def main(argv):
     if _JSON.value:
       with open(_JSON.value, "w") as f:
         json.dump(result, f, indent=1)
+
+
+def _check_counts_and_output(steps: int, warmup: int, batches: int, json_path: str):
+  """Before compiling anything: timed counts that can be timed, a --json that can be written."""
+  from asl_jax import paths
+  from asl_jax.errors import UserError
+  for flag, value, low in (("--steps", steps, 1), ("--warmup", warmup, 0),
+                           ("--input_batches", batches, 1)):
+    if value < low:
+      raise UserError(f"{flag}={value}: give at least {low} (a rate needs timed steps).")
+  if json_path:
+    paths.output_file(json_path, "--json", "the results")
 
 
 def run_cli():

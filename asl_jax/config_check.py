@@ -7,8 +7,8 @@ README, "Bad input", lists what is covered.
 """
 
 import numbers
-import os
 
+from asl_jax import paths
 from asl_jax.errors import UserError
 
 
@@ -244,10 +244,8 @@ def validate(config, workdir: str | None = None, num_devices: int | None = None)
       raise UserError(
           f"--config.model.bn_groups={groups} does not divide the {batch // num_devices} "
           "images each device holds; choose a divisor of it (1 = BatchNorm over the batch).")
-  if workdir is not None and os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise UserError(f"--workdir={workdir!r} is an existing file, not a directory. Give a "
-                    "new or existing directory for checkpoints and reports; the file was "
-                    "left as it is.")
+  if workdir is not None:
+    paths.output_dir(workdir, "--workdir", "checkpoints and reports")
 
 
 def check_reference_count(config, num_references: int, name: str):

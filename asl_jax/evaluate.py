@@ -19,6 +19,7 @@ import sys
 
 from absl import app, flags
 
+from asl_jax import paths
 from asl_jax.errors import UserError
 
 _PRED = flags.DEFINE_string("predictions", None, "CSV query_id,reference_id,score.")
@@ -113,6 +114,8 @@ def run() -> dict:
   from asl_jax.evaluation import io
   if not _GT.value:
     raise UserError("--ground_truth G.csv is required.")
+  if _WRITE.value:
+    paths.output_file(_WRITE.value, "--write_predictions", "the predictions")
   gt_rows = io.read_ground_truth(_GT.value)
   if _PRED.value:
     p = io.read_predictions(_PRED.value)

@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-from asl_jax import verification
+from asl_jax import paths, verification
 from asl_jax.errors import UserError
 
 DECISIONS = ("none", "norm", "calibrated_norm", "verify", "verify_else_norm",
@@ -300,8 +300,7 @@ def main(argv=None) -> int:
       for path in (queries, references):
         if not os.path.isdir(path):
           raise UserError(f"{path} is not a folder of images.")
-    if os.path.isdir(args.output):
-      raise UserError(f"--output {args.output} is a folder; give a file path.")
+    paths.output_file(args.output, "--output", "the kept predictions")
     pred = eval_io.read_predictions(args.predictions)
     gt_rows = eval_io.read_ground_truth(args.ground_truth) if args.ground_truth else None
     result = apply((pred.query_ids, pred.reference_ids, pred.scores), args.workdir,

@@ -34,7 +34,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from asl_jax import data, input_pipeline
+from asl_jax import data, input_pipeline, paths
 # The format and its reader live in views.py (the pipeline reads them there).
 from asl_jax.views import META, pack, settings, shard_name, unpack  # noqa: F401
 from asl_jax.errors import UserError
@@ -92,6 +92,7 @@ def generate(config, out_dir: str, *, views: int = 20, seed: int = 0, quality: i
   i, n = part
   if not 0 <= i < n:
     raise UserError(f"--part={i}/{n}: give i/n with 0 <= i < n.")
+  paths.output_dir(out_dir, "--out", "the views")
   source = data.train_source(data.prepare(cfg, log=log), cfg)
   count = shards or max(1, math.ceil(len(source) / 1000))
   count = min(count, len(source))

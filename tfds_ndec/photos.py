@@ -35,6 +35,8 @@ import numpy as np
 from PIL import Image
 
 from asl_jax import copy_edits
+from asl_jax import paths as output_paths
+from asl_jax.errors import UserError
 from tfds_ndec import manual, synthetic
 
 ROLES = ("copy", "reverse_crop", "shifted_view", "distractor", "reference_only")
@@ -141,6 +143,7 @@ def generate(photos_dir: str, out_dir: str, *, seed: int = 0, max_side: int = 51
              train_fraction: float = 0.4, min_photos: int = 20, skip_bad_images: bool = False,
              log=print) -> dict:
   """Writes the benchmark; returns the counts per role and the skipped files."""
+  _check_out(out_dir)
   paths = list_photos(photos_dir)
   photos, skipped, small = [], [], []
   for p in paths:
@@ -162,9 +165,7 @@ def generate(photos_dir: str, out_dir: str, *, seed: int = 0, max_side: int = 51
         f"{photos_dir} has {len(photos)} usable photos ({len(paths)} image files, "
         f"{len(small)} with a side under {MIN_SIDE} px, {len(skipped)} unreadable); a "
         f"benchmark needs at least {min_photos}. Add photos, or lower --min_photos.")
-  if os.path.exists(out_dir) and os.listdir(out_dir):
-    raise manual.NdecInputError(f"--out {out_dir} exists and is not empty; give a new folder "
-                                "(nothing there was changed).")
+  _check_out(out_dir)  # Again: it may have been filled while the photos were read.
   rng = np.random.default_rng([seed, 0x9407])
   roles = plan_roles(len(photos), rng, train_fraction)
   train = [im for (_, im), role in zip(photos, roles, strict=True) if role == "train"]
@@ -202,6 +203,17 @@ def generate(photos_dir: str, out_dir: str, *, seed: int = 0, max_side: int = 51
       f"{len(queries)} queries ({counts}); skipped {len(skipped)} unreadable and "
       f"{len(small)} small files")
   return {"counts": counts, "skipped": skipped, "too_small": small}
+
+
+def _check_out(out_dir: str):
+  """--out must be a new or empty folder that can be written, before any work."""
+  try:
+    output_paths.output_dir(out_dir, "--out", "the benchmark")
+  except UserError as e:
+    raise manual.NdecInputError(str(e)) from None
+  if os.path.isdir(out_dir) and os.listdir(out_dir):
+    raise manual.NdecInputError(f"--out {out_dir} exists and is not empty; give a new folder "
+                                "(nothing there was changed).")
 
 
 def _write(out_dir, train, refs, queries, rng):

@@ -1,0 +1,121 @@
+"""Bad input to every command: one paragraph and exit status 2 before any work
+(output paths first), no traceback, nothing already written changed."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from asl_jax import paths, pregenerate
+from asl_jax.errors import UserError
+from conftest import ROOT, tiny_config
+
+
+def _run(module, *args, timeout=300):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+def _one_paragraph(r, *needles):
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert "Traceback" not in r.stderr, r.stderr[-2000:]
+  for needle in needles:
+    assert needle in r.stderr, r.stderr[-2000:]
+
+
+# ----------------------------------------------------------- output paths --
+def test_output_paths_are_checked(tmp_path):
+  a_file = tmp_path / "f.txt"
+  a_file.write_text("keep")
+  with pytest.raises(UserError, match="is an existing file, not a folder"):
+    paths.output_dir(str(a_file), "--workdir")
+  with pytest.raises(UserError, match="is a file, not a folder"):
+    paths.output_dir(str(a_file / "run"), "--workdir")
+  with pytest.raises(UserError, match="its folder .*missing does not exist"):
+    paths.output_file(str(tmp_path / "missing" / "o.json"), "--json")
+  with pytest.raises(UserError, match="is a folder; give a file path"):
+    paths.output_file(str(tmp_path), "--output")
+  paths.output_dir(str(tmp_path / "new" / "deeper"), "--workdir")  # Creatable: fine.
+  paths.output_file(str(tmp_path / "o.csv"), "--output")
+  assert a_file.read_text() == "keep" and not (tmp_path / "new").exists()
+
+
+def test_read_only_folder_is_refused(tmp_path):
+  ro = tmp_path / "ro"
+  ro.mkdir()
+  ro.chmod(0o555)
+  try:
+    try:
+      (ro / "probe").write_text("x")
+      pytest.skip("this user writes into a read-only folder (root): nothing to refuse")
+    except PermissionError:
+      pass
+    with pytest.raises(UserError, match="the folder above it, .*ro, refuses new files"):
+      paths.output_dir(str(ro / "run"), "--workdir")
+    with pytest.raises(UserError, match="is not writable"):
+      paths.output_file(str(ro / "o.csv"), "--output")
+  finally:
+    ro.chmod(0o755)
+
+
+def test_read_only_filesystem_is_refused(tmp_path, monkeypatch):
+  """As on a read-only mount, which refuses root too."""
+  import errno
+
+  def refuse(*args, **kwargs):
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+  monkeypatch.setattr(paths.tempfile, "TemporaryFile", refuse)
+  with pytest.raises(UserError, match="--workdir=.* is not writable: it refuses new files "
+                     r"\(Read-only file system\)"):
+    paths.output_dir(str(tmp_path), "--workdir")
+  with pytest.raises(UserError, match="is not writable \\(Read-only file system\\)"):
+    paths.output_file(str(tmp_path / "o.csv"), "--output")
+
+
+def test_main_workdir_under_a_file_exits_2_before_any_work(tmp_path, data_dir):
+  (tmp_path / "f").write_text("keep")
+  r = _run("asl_jax.main", "--config", "configs/asl.py", f"--workdir={tmp_path / 'f' / 'run'}",
+           f"--config.data.data_dir={tmp_path / 'data'}")
+  _one_paragraph(r, "--workdir=", "is a file, not a folder")
+  assert not (tmp_path / "data").exists()  # Nothing prepared.
+
+
+def test_benchmark_json_in_a_missing_folder_and_zero_steps_exit_2_before_compiling(tmp_path):
+  r = _run("asl_jax.benchmark", "--config", "configs/asl.py", "--only", "train",
+           "--json", str(tmp_path / "missing" / "o.json"))
+  _one_paragraph(r, "--json=", "does not exist")
+  r = _run("asl_jax.benchmark", "--config", "configs/asl.py", "--only", "train", "--steps", "0")
+  _one_paragraph(r, "--steps=0: give at least 1")
+
+
+def test_gate_output_in_a_missing_folder_exits_2_before_reading(tmp_path, capsys):
+  from asl_jax import gate
+  for d in ("q", "r"):
+    (tmp_path / d).mkdir()
+  status = gate.main(["--predictions", str(tmp_path / "absent.csv"), "--workdir", str(tmp_path),
+                      "--queries", str(tmp_path / "q"), "--references", str(tmp_path / "r"),
+                      "--output", str(tmp_path / "missing" / "kept.csv")])
+  assert status == 2
+  err = capsys.readouterr().err
+  assert "--output=" in err and "does not exist" in err and "absent.csv" not in err
+
+
+def test_photos_and_pregenerate_out_that_is_a_file(tmp_path, data_dir):
+  from tfds_ndec import manual, photos
+  out = tmp_path / "out"
+  out.write_text("keep")
+  with pytest.raises(manual.NdecInputError, match="is an existing file, not a folder"):
+    photos.generate(str(tmp_path / "no_photos_read"), str(out), log=lambda _: None)
+  with pytest.raises(UserError, match="--out=.* is an existing file, not a folder"):
+    pregenerate.generate(tiny_config(str(tmp_path / "data")), str(out), log=lambda _: None)
+  assert out.read_text() == "keep" and not (tmp_path / "data").exists()
+
+
+def test_evaluate_write_predictions_in_a_missing_folder(tmp_path):
+  (tmp_path / "gt.csv").write_text("query_id,reference_id\nQ1,R1\n")
+  (tmp_path / "p.csv").write_text("Q1,R1,0.5\n")
+  r = _run("asl_jax.evaluate", "--predictions", str(tmp_path / "p.csv"), "--ground_truth",
+           str(tmp_path / "gt.csv"), "--write_predictions", str(tmp_path / "no" / "p.csv"))
+  _one_paragraph(r, "--write_predictions=", "does not exist")
