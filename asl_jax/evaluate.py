@@ -65,6 +65,62 @@ def evaluate_predictions(q, r, s, gt_rows, drop_unlisted=False, max_results=0) -
   return out
 
 
+def check_flags(predictions, descriptor_flags: dict, k: int, budget: str | None):
+  """The flags' combination and values, before any file is read."""
+  given = [name for name, value in descriptor_flags.items() if value]
+  if predictions and given:
+    raise UserError(f"--predictions was given together with {', '.join(given)}: evaluate "
+                    "either a predictions CSV or descriptors, not both (the descriptors "
+                    "would be ignored).")
+  if k < 1:
+    raise UserError(f"--k={k}: give the number of nearest references per query, at least 1 "
+                    "(10 in the ISC protocol).")
+  if budget not in (None, "", "auto"):
+    try:
+      ok = int(budget) > 0
+    except ValueError:
+      ok = False
+    if not ok:
+      raise UserError(f"--global_budget={budget!r}: give a positive number of pairs, or auto "
+                      "(10 per query, the ISC track-2 rule).")
+
+
+def check_ids(q, gt_rows, r=None, log=None):
+  """Predictions whose ids the ground truth does not know: none known is an
+  error (ids from another set); some unknown is a warning with counts."""
+  listed = {row[0] for row in gt_rows}
+  known_refs = {row[1] for row in gt_rows if row[1]}
+  unknown = sum(1 for x in q if x not in listed)
+  if q and unknown == len(q):
+    raise UserError(f"None of the {len(q)} predictions' query ids appear in the ground "
+                    f"truth (e.g. {q[0]!r} vs {gt_rows[0][0]!r}): the files come from different "
+                    "sets, or their ids are written differently.")
+  if unknown and log:
+    log(f"warning: {unknown} of {len(q)} predictions name queries the ground truth does not "
+        "list; they count as false positives (--drop_unlisted_queries drops them).")
+  if r is not None and known_refs and q and not known_refs & set(r):
+    log and log(f"warning: none of the {len(r)} predictions' reference ids appear among the "
+                f"ground truth's {len(known_refs)} (e.g. {r[0]!r} vs {next(iter(known_refs))!r})"
+                ": are the references from another set?")
+
+
+def _search(qv, rv, budget):
+  from asl_jax.evaluation import search
+  if qv.shape[1] != rv.shape[1]:
+    raise UserError(f"The query descriptors have {qv.shape[1]} dimensions, the references "
+                    f"{rv.shape[1]}; they must come from the same model.")
+  try:
+    return search.search(qv, rv, k=_K.value, metric=_METRIC.value, backend=_BACKEND.value,
+                         index=_INDEX.value, global_budget=budget)
+  except RuntimeError as e:  # faiss: an index string it cannot parse or train.
+    if _BACKEND.value != "faiss":
+      raise
+    first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    raise UserError(f"--index={_INDEX.value!r}: faiss could not build or train this index "
+                    f"({first}). Give an index-factory string such as Flat, "
+                    "IVF1024,Flat or IVF1024,PQ32 (with enough references to train it).") from None
+
+
 def _descriptor_predictions(gt_rows):
   import numpy as np
   from asl_jax.evaluation import io, search
@@ -95,8 +151,7 @@ def _descriptor_predictions(gt_rows):
     settings["global_budget"] = budget
   else:
     settings["k"] = _K.value
-  cands = search.search(qv, rv, k=_K.value, metric=_METRIC.value, backend=_BACKEND.value,
-                        index=_INDEX.value, global_budget=budget)
+  cands = _search(qv, rv, budget)
   if _SN.value != "none":
     if train is None:
       raise UserError("--score_norm needs --train_descriptors as the background set.")
@@ -114,6 +169,9 @@ def run() -> dict:
   from asl_jax.evaluation import io
   if not _GT.value:
     raise UserError("--ground_truth G.csv is required.")
+  check_flags(_PRED.value, {"--descriptors": _DESC.value, "--query_descriptors": _QDESC.value,
+                            "--reference_descriptors": _RDESC.value,
+                            "--train_descriptors": _TDESC.value}, _K.value, _BUDGET.value)
   if _WRITE.value:
     paths.output_file(_WRITE.value, "--write_predictions", "the predictions")
   gt_rows = io.read_ground_truth(_GT.value)
@@ -122,6 +180,7 @@ def run() -> dict:
     q, r, s, settings = p.query_ids, p.reference_ids, p.scores, {"predictions": _PRED.value}
   else:
     q, r, s, settings = _descriptor_predictions(gt_rows)
+  check_ids(q, gt_rows, r, log=lambda m: print(m, file=sys.stderr))
   if _WRITE.value:
     io.write_predictions(_WRITE.value, q, r, s)
   out = evaluate_predictions(q, r, s, gt_rows, _DROP.value, _MAX.value)

@@ -119,3 +119,64 @@ def test_evaluate_write_predictions_in_a_missing_folder(tmp_path):
   r = _run("asl_jax.evaluate", "--predictions", str(tmp_path / "p.csv"), "--ground_truth",
            str(tmp_path / "gt.csv"), "--write_predictions", str(tmp_path / "no" / "p.csv"))
   _one_paragraph(r, "--write_predictions=", "does not exist")
+
+
+# -------------------------------------------------- asl_jax.evaluate inputs --
+def _descriptor_files(tmp_path, nan_row=None, ref_dim=8):
+  import numpy as np
+  from asl_jax.evaluation import io, search
+  rs = np.random.default_rng(0)
+  refs = search.l2_normalize(rs.normal(size=(30, 8)))
+  queries = search.l2_normalize(refs[:5] + 0.01 * rs.normal(size=(5, 8)))
+  if nan_row is not None:
+    queries[nan_row, 3] = np.nan
+  qids, rids = [f"Q{i}" for i in range(5)], [f"R{i}" for i in range(30)]
+  io.write_ground_truth(str(tmp_path / "gt.csv"), [(q, f"R{i}") for i, q in enumerate(qids)])
+  io.write_descriptors(str(tmp_path / "q.h5"), qids, queries)
+  io.write_descriptors(str(tmp_path / "r.h5"), rids, rs.normal(size=(30, ref_dim)) if
+                       ref_dim != 8 else refs)
+  return ["--query_descriptors", str(tmp_path / "q.h5"), "--reference_descriptors",
+          str(tmp_path / "r.h5"), "--ground_truth", str(tmp_path / "gt.csv")]
+
+
+def test_evaluate_bad_descriptor_inputs_are_one_paragraph(tmp_path):
+  import h5py
+  args = _descriptor_files(tmp_path)
+  r = _run("asl_jax.evaluate", *args)
+  assert r.returncode == 0, r.stderr  # The good files evaluate.
+  for extra, needle in ((["--k", "0"], "--k=0: give the number"),
+                        (["--global_budget", "abc"], "--global_budget='abc': give a positive"),
+                        (["--index", "IVFbogus,Flat"], "--index='IVFbogus,Flat': faiss could not"),
+                        (["--predictions", args[-1]], "--predictions was given together with")):
+    _one_paragraph(_run("asl_jax.evaluate", *args, *extra), needle)
+  with h5py.File(tmp_path / "one.h5", "w") as f:  # 1-D vectors.
+    f["vectors"], f["image_names"] = [0.1] * 8, [b"Q0"]
+  _one_paragraph(_run("asl_jax.evaluate", *args[:1], str(tmp_path / "one.h5"), *args[2:]),
+                 "has shape (8,); expected [n, d]")
+  (tmp_path / "text.h5").write_text("query_id,vector\n")
+  _one_paragraph(_run("asl_jax.evaluate", *args[:1], str(tmp_path / "text.h5"), *args[2:]),
+                 "is not an HDF5 file")
+  (tmp_path / "d").mkdir()
+  _one_paragraph(_run("asl_jax.evaluate", *_descriptor_files(tmp_path / "d", ref_dim=6)),
+                 "query descriptors have 8 dimensions, the references 6")
+  _one_paragraph(_run("asl_jax.evaluate", *_descriptor_files(tmp_path, nan_row=2)),
+                 "1 of the 5 descriptors in 'vectors' hold NaN or infinite values (e.g. Q2)")
+
+
+def test_evaluate_silent_wrong_results_are_errors_or_counted_warnings(tmp_path):
+  gt, p = tmp_path / "gt.csv", tmp_path / "p.csv"
+  p.write_text("Q1,R1,0.9\nQ2,R9,0.5\n")
+  gt.write_text("query,reference\nQ1,R1\nQ2,\n")
+  r = _run("asl_jax.evaluate", "--predictions", str(p), "--ground_truth", str(gt))
+  _one_paragraph(r, "line 1 'query,reference' looks like a header")
+  gt.write_text("query_id,reference_id\nQ1,R1\nQ2,\n")
+  (tmp_path / "empty.csv").write_text("")
+  r = _run("asl_jax.evaluate", "--predictions", str(tmp_path / "empty.csv"), "--ground_truth",
+           str(gt))
+  _one_paragraph(r, "no prediction rows (0 bytes)")
+  p.write_text("X1,S1,0.9\nX2,S9,0.5\n")  # Another set's ids.
+  _one_paragraph(_run("asl_jax.evaluate", "--predictions", str(p), "--ground_truth", str(gt)),
+                 "None of the 2 predictions' query ids appear in the ground truth")
+  p.write_text("Q1,R1,0.9\nX2,R9,0.5\n")
+  r = _run("asl_jax.evaluate", "--predictions", str(p), "--ground_truth", str(gt))
+  assert r.returncode == 0 and "warning: 1 of 2 predictions name queries" in r.stderr, r.stderr

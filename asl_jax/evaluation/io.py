@@ -38,12 +38,28 @@ def _rows(path: str):
         yield lineno, [x.strip() for x in fields]
 
 
+def _looks_like_header(fields) -> bool:
+  """A first row of words naming the columns (query,reference / qid,rid ...)."""
+  words = [x.lower() for x in fields[:2]]
+  return (bool(words[0]) and all(w.replace("_", "").replace(" ", "").isalpha() for w in words)
+          and any(k in words[0] for k in ("query", "qid", "id"))
+          and (len(words) < 2 or any(k in words[1] for k in ("ref", "rid", "id", "match"))))
+
+
 def read_ground_truth(path: str) -> list[tuple[str, str]]:
-  """(query id, reference id or '') rows of an ISC ground-truth CSV."""
+  """(query id, reference id or '') rows of an ISC ground-truth CSV.
+
+  A header is `query_id,reference_id` or none; a first row that names the
+  columns otherwise is an error (it would count as a copy pair)."""
   out, seen, bad = [], {}, []
   for lineno, fields in _rows(path):
     if fields[:2] == ["query_id", "reference_id"]:
       continue
+    if not out and not bad and _looks_like_header(fields):
+      raise FormatError(
+          f"{path}: line {lineno} {','.join(fields)!r} looks like a header, but the header "
+          "of a ground truth is exactly 'query_id,reference_id' (or none); as it is, it "
+          "would be read as a copy pair. Rename it to query_id,reference_id or remove it.")
     if len(fields) not in (1, 2) or not fields[0]:
       bad.append(f"line {lineno}: {','.join(fields)!r}")
       continue
@@ -96,6 +112,12 @@ def read_predictions(path: str) -> Predictions:
     s.append(score)
   if bad:
     raise FormatError(f"{path}: {len(bad)} bad row(s): " + "; ".join(bad[:5]))
+  if not q:
+    size = os.path.getsize(path)
+    what = f"{size} bytes" + (", a header only" if size else "")
+    raise FormatError(f"{path}: no prediction rows ({what}); expected rows "
+                      "query_id,reference_id,score. A run that predicts "
+                      "nothing is usually a failed run: check the file that was meant.")
   return Predictions(q, r, np.asarray(s, np.float64))
 
 
@@ -133,20 +155,50 @@ def write_descriptors(path: str, ids: Sequence[str], vectors: np.ndarray, **extr
       f.create_dataset(name, data=np.asarray(value))
 
 
+def _h5(path: str):
+  """h5py.File(path, 'r'), a missing or non-HDF5 file a FormatError."""
+  import h5py
+  if not os.path.isfile(path):
+    raise FormatError(f"{path}: no such file (expected an HDF5 descriptor file).")
+  try:
+    return h5py.File(path, "r")
+  except OSError as e:
+    raise FormatError(f"{path} is not an HDF5 file ({e}); expected descriptors written as "
+                      "HDF5 (README, 'Evaluating descriptors').") from None
+
+
+def check_vectors(path: str, name: str, vectors: np.ndarray, ids: Sequence[str]) -> np.ndarray:
+  """[n, d] float32 with finite values, or a FormatError naming the rows."""
+  if vectors.ndim != 2 or vectors.shape[1] == 0:
+    raise FormatError(f"{path}: '{name}' has shape {vectors.shape}; expected [n, d] (one "
+                      "descriptor of d > 0 dimensions per image). A 1-D array holds no "
+                      "per-image vectors: write vectors[None] for one image.")
+  bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+  if bad.size:
+    names = ", ".join(str(ids[i]) if i < len(ids) else f"row {i}" for i in bad[:5])
+    raise FormatError(f"{path}: {bad.size} of the {len(vectors)} descriptors in '{name}' hold "
+                      f"NaN or infinite values (e.g. {names}); one such vector corrupts the "
+                      "search silently. Recompute them, or drop those images.")
+  return vectors
+
+
 def read_descriptors(paths: str | Sequence[str]) -> tuple[list[str], np.ndarray]:
   """ISC working layout, one file or several shards concatenated."""
-  import h5py
   paths = [paths] if isinstance(paths, str) else list(paths)
   ids, vecs = [], []
   for p in paths:
-    with h5py.File(p, "r") as f:
+    with _h5(p) as f:
       if "vectors" not in f or "image_names" not in f:
         raise FormatError(f"{p}: expected datasets 'vectors' and 'image_names' "
                           f"(ISC working layout); found {sorted(f.keys())}.")
-      vecs.append(np.asarray(f["vectors"], np.float32))
-      ids += [_clean_id(n) for n in f["image_names"][:]]
+      names = [_clean_id(n) for n in np.atleast_1d(f["image_names"][()])]
+      vecs.append(check_vectors(p, "vectors", np.asarray(f["vectors"], np.float32), names))
+      ids += names
       if len(ids) != sum(len(v) for v in vecs):
         raise FormatError(f"{p}: 'vectors' and 'image_names' differ in length.")
+      if vecs[-1].shape[1] != vecs[0].shape[1]:
+        raise FormatError(f"{p}: its descriptors have {vecs[-1].shape[1]} dimensions, those "
+                          f"of {paths[0]} {vecs[0].shape[1]}; the shards must match.")
   return ids, np.concatenate(vecs)
 
 
@@ -164,15 +216,19 @@ def write_submission(path: str, query_ids, query, reference_ids, reference):
 
 def read_submission(path: str):
   """(query ids, query vectors, reference ids, reference vectors)."""
-  import h5py
-  with h5py.File(path, "r") as f:
+  with _h5(path) as f:
     need = {"query", "reference", "query_ids", "reference_ids"}
     if not need <= set(f.keys()):
       raise FormatError(f"{path}: expected datasets {sorted(need)} (track-2 "
                         f"submission layout); found {sorted(f.keys())}.")
-    q, r = np.asarray(f["query"], np.float32), np.asarray(f["reference"], np.float32)
-    qi = [_clean_id(x) for x in f["query_ids"][:]]
-    ri = [_clean_id(x) for x in f["reference_ids"][:]]
+    qi = [_clean_id(x) for x in np.atleast_1d(f["query_ids"][()])]
+    ri = [_clean_id(x) for x in np.atleast_1d(f["reference_ids"][()])]
+    q = check_vectors(path, "query", np.asarray(f["query"], np.float32), qi)
+    r = check_vectors(path, "reference", np.asarray(f["reference"], np.float32), ri)
+  for name, v, ids in (("query", q, qi), ("reference", r, ri)):
+    if len(v) != len(ids):
+      raise FormatError(f"{path}: '{name}' holds {len(v)} descriptors but '{name}_ids' "
+                        f"{len(ids)} ids; they must match.")
   if q.shape[1] != r.shape[1]:
     raise FormatError(f"{path}: query descriptors have {q.shape[1]} dimensions "
                       f"but references {r.shape[1]}; they must match.")
@@ -180,8 +236,7 @@ def read_submission(path: str):
 
 
 def is_submission_file(path: str) -> bool:
-  import h5py
-  with h5py.File(path, "r") as f:
+  with _h5(path) as f:
     return "query" in f and "reference" in f
 
 
