@@ -124,7 +124,7 @@ def verify_candidates(query_index, reference_index, load_query, load_reference,
   rpos = {int(r): i for i, r in enumerate(rs)}
   qfeat, qmirror = verification.extract_all((load_query(int(q)) for q in qs), cfg,
                                             mirror=cfg.mirror)
-  rfeat, _ = verification.extract_all(load_reference(int(r)) for r in rs)
+  rfeat, _ = verification.extract_all((load_reference(int(r)) for r in rs), cfg)
   t1 = time.time()
   verdicts = verification.verify_pairs(
       qfeat, rfeat, [qpos[int(q)] for q in query_index],
@@ -181,9 +181,54 @@ def _image_loader(where):
   files = image_files(where)
 
   def load(image_id: str) -> np.ndarray:
-    with Image.open(files[image_id]) as im:
-      return np.asarray(im.convert("RGB"))
+    try:
+      with Image.open(files[image_id]) as im:
+        return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as e:
+      raise UserError(f"{files[image_id]} could not be read as an image ({e}); replace the "
+                      "file or leave its pairs out of the predictions.") from None
   return load, files
+
+
+def image_signature(image) -> list[int]:
+  """A 12 x 12 grey thumbnail: the same image re-encoded or resized keeps it,
+  another image does not."""
+  from PIL import Image
+  im = Image.fromarray(np.asarray(image, np.uint8)).convert("L").resize((12, 12), Image.BOX)
+  return np.asarray(im).ravel().tolist()
+
+
+def images_record(dataset: str, splits: dict, sample: int = 8) -> dict:
+  """What gate.json records of the images a run evaluated: per split (name ->
+  (ids, id -> image)), the count, a SHA-1 of the sorted ids and the
+  signatures of `sample` images spread over them."""
+  import hashlib
+  out = {"dataset": dataset}
+  for split, (ids, load) in splits.items():
+    ordered = sorted(ids)
+    picks = ordered[::max(1, len(ordered) // sample)][:sample]
+    out[split] = {"count": len(ordered),
+                  "ids_sha1": hashlib.sha1("\n".join(ordered).encode()).hexdigest(),
+                  "signatures": {i: image_signature(load(i)) for i in picks}}
+  return out
+
+
+def check_images(record: dict | None, split: str, load, available, where: str, log=print):
+  """Refuses images that are not those the run evaluated under the same ids
+  (their gate norms would be another image's)."""
+  if not record or split not in record:
+    log(f"warning: the run's gate.json records no {split} images (a run from before it "
+        "did); cannot check that these are the images it evaluated.")
+    return
+  sigs = {i: s for i, s in record[split]["signatures"].items() if i in available}
+  differ = [i for i, s in sigs.items()
+            if np.abs(np.subtract(image_signature(load(i)), s)).mean() > 12]
+  if differ:
+    raise UserError(f"The {split} in {where} are not the images the run evaluated under the "
+                    f"same ids ({len(differ)} of {len(sigs)} checked differ, e.g. "
+                    f"{', '.join(differ[:3])}; the run evaluated {record.get('dataset')}): "
+                    "its gate norms belong to other images. Evaluate the run on this set "
+                    "first (--config.eval.data_name), or use --decision verify.")
 
 
 def apply(predictions, workdir: str, queries, references,
@@ -199,9 +244,13 @@ def apply(predictions, workdir: str, queries, references,
                     "evaluation has finished (it writes gate.json).")
   with open(gate_path) as f:
     run = json.load(f)
-  decision = decision or run["decision"]
-  check_decision(decision)
-  weight = run.get("rescore", 0.0) if rescore is None else rescore
+  decision, weight = _decision_and_weight(run, decision, rescore, gate_path, log)
+  calibration = run.get("calibration") or {}
+  if "calibrated" in decision and "threshold" not in calibration:
+    raise UserError(f"--decision {decision} needs the run's calibrated threshold, but "
+                    f"{gate_path} records no calibration (the run had "
+                    "eval.calibration.num_images=0). Use --decision norm (the paper's gate) "
+                    "or verify_else_norm, or evaluate the run with a calibration.")
   n = len(q_ids)
   paper = calibrated = np.ones(n, bool)
   if decision in ("norm", "calibrated_norm", "verify_else_norm", "verify_else_calibrated"):
@@ -215,9 +264,13 @@ def apply(predictions, workdir: str, queries, references,
           f"queries.h5/references.h5 (e.g. {', '.join(missing[:5])}): the run was "
           "evaluated on other images. Evaluate it on this set first "
           "(--config.eval.data_name), or use --decision verify, which needs no norms.")
+    for split, where in (("queries", queries), ("references", references)):
+      load, available = _image_loader(where)
+      check_images(run.get("images"), split, load, available,
+                   where if isinstance(where, str) else where[0].info.full_name, log)
     ratio = np.array([qn[q] / max(rn[r], 1e-12) for q, r in zip(q_ids, r_ids, strict=True)])
     paper = ratio <= 1.0
-    calibrated = ratio <= run.get("calibration", {}).get("threshold", 1.0)
+    calibrated = ratio <= calibration.get("threshold", 1.0)
   verdicts = None
   if decision.startswith("verify") or weight:
     cfg = verify_config(run.get("verify", {}))
@@ -247,6 +300,30 @@ def apply(predictions, workdir: str, queries, references,
           "scores": out_scores[idx], "decision": decision, "rescore": weight,
           "kept": int(len(idx)), "dropped": int(n - len(idx)),
           "verification": timing if verdicts is not None else None}
+
+
+def _decision_and_weight(run: dict, decision, rescore, gate_path: str, log):
+  """The decision and the rescoring weight, each said where it comes from. An
+  explicit --decision that verifies nothing (norm, calibrated_norm, none)
+  means that decision alone: the run's rescoring is not carried over."""
+  if decision is None:
+    decision = run.get("decision")
+    if decision is None:
+      raise UserError(f"{gate_path} records no decision; give --decision.")
+    source = f"the run's ({gate_path})"
+  else:
+    source = "--decision"
+  check_decision(decision)
+  if rescore is not None:
+    weight, wsource = float(rescore), "--rescore"
+  elif source == "--decision" and not decision.startswith("verify"):
+    weight, wsource = 0.0, f"none with --decision {decision} (--rescore W to add it)"
+  else:
+    weight = float(run.get("rescore") or 0.0)
+    wsource = f"the run's ({gate_path}; --rescore 0 to leave scores as they are)"
+  log(f"decision: {decision}, from {source}; rescoring of verified copies: +{weight:g}, "
+      f"from {wsource}")
+  return decision, weight
 
 
 def _prepared(name: str, data_dir: str):

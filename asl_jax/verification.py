@@ -254,7 +254,9 @@ def verify(query: Features, reference: Features, cfg: VerifyConfig = VerifyConfi
   if cover >= cfg.cover:
     return Verdict(True, True, inliers, matches, cover, float("nan"), "copy:inside")
   contrast = boundary_contrast(q.image, polygon)
-  if np.isfinite(contrast) and contrast >= cfg.contrast:
+  if not np.isfinite(contrast):  # No outline edge inside the query to judge: no decision.
+    return Verdict(False, True, inliers, matches, cover, contrast, "undecided:no_edge")
+  if contrast >= cfg.contrast:
     return Verdict(True, True, inliers, matches, cover, contrast, "copy:pasted")
   return Verdict(True, False, inliers, matches, cover, contrast, "reverse")
 

@@ -180,3 +180,73 @@ def test_evaluate_silent_wrong_results_are_errors_or_counted_warnings(tmp_path):
   p.write_text("Q1,R1,0.9\nX2,R9,0.5\n")
   r = _run("asl_jax.evaluate", "--predictions", str(p), "--ground_truth", str(gt))
   assert r.returncode == 0 and "warning: 1 of 2 predictions name queries" in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------ asl_jax.gate --
+def _gate_run(tmp_path, record_from=None, **gate_json):
+  """A set of images, a run dir with norms for its ids, predictions."""
+  import json
+
+  import numpy as np
+  from asl_jax import gate
+  from asl_jax.evaluation import io as eval_io
+  from test_folder import make_set
+  root = tmp_path / "s"
+  queries = sorted(make_set(root, kinds=False, train=False))
+  refs = sorted(os.path.splitext(f)[0] for f in os.listdir(root / "references"))
+  run = tmp_path / "run"
+  run.mkdir()
+  eval_io.write_descriptors(str(run / "queries.h5"), queries, np.zeros((5, 2)),
+                            gate_norms=np.ones(5))
+  eval_io.write_descriptors(str(run / "references.h5"), refs, np.zeros((5, 2)),
+                            gate_norms=np.array([2, 2, 0.5, 2, 2]))
+  src = record_from or root
+  load = lambda split: gate._image_loader(str(src / split))[0]
+  record = gate.images_record("folder/s", {"queries": (queries, load("queries")),
+                                           "references": (refs, load("references"))})
+  (run / "gate.json").write_text(json.dumps({"decision": "verify", "rescore": 1.0,
+                                             "verify": {}, "calibration": None,
+                                             "images": record, **gate_json}))
+  eval_io.write_predictions(str(tmp_path / "p.csv"), [q for q in queries for _ in refs],
+                            refs * len(queries), np.linspace(1, 0, 25))
+  return ["--predictions", str(tmp_path / "p.csv"), "--workdir", str(run), "--queries",
+          str(root / "queries"), "--references", str(root / "references"), "--output",
+          str(tmp_path / "out.csv"), "--workers", "1"]
+
+
+def test_gate_decision_rescore_and_calibration_are_explicit(tmp_path, capsys):
+  import json
+
+  from asl_jax import gate
+  args = _gate_run(tmp_path)
+  assert gate.main([*args, "--decision", "calibrated_norm"]) == 2  # "calibration": null.
+  assert "records no calibration" in capsys.readouterr().err
+  assert gate.main([*args, "--decision", "norm"]) == 0
+  captured = capsys.readouterr()
+  report = json.loads(captured.out)
+  # The paper's gate alone: the run's +1 rescoring is not carried over, and it says so.
+  assert report["rescore"] == 0 and report["dropped"] == 5
+  assert "rescoring of verified copies: +0, from none with --decision norm" in captured.err
+  assert gate.main([*args, "--decision", "norm", "--rescore", "0.5"]) == 0
+  assert json.loads(capsys.readouterr().out)["rescore"] == 0.5
+
+
+def test_gate_refuses_another_sets_images_and_names_a_corrupt_one(tmp_path, capsys):
+  from asl_jax import gate
+  from test_folder import make_set
+  other = tmp_path / "other"
+  make_set(other, kinds=False, train=False)
+  # Same ids, other pictures: the run's record was taken from mirrored images.
+  from PIL import Image
+  for folder in ("queries", "references"):
+    for name in os.listdir(other / folder):
+      with Image.open(other / folder / name) as im:
+        im.transpose(Image.Transpose.ROTATE_180).save(other / folder / name)
+  args = _gate_run(tmp_path, record_from=other)
+  assert gate.main([*args, "--decision", "norm"]) == 2
+  assert "are not the images the run evaluated under the same ids" in capsys.readouterr().err
+  args = _gate_run(tmp_path / "b")
+  (tmp_path / "b" / "s" / "queries" / "q_crop.jpg").write_bytes(b"\xff\xd8 truncated")
+  assert gate.main([*args, "--decision", "verify"]) == 2
+  err = capsys.readouterr().err
+  assert "q_crop.jpg could not be read as an image" in err and "Traceback" not in err

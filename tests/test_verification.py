@@ -139,3 +139,31 @@ def test_combine_uses_verification_where_it_decides_and_the_norm_gate_elsewhere(
   assert gate.rescored([0.5, 0.5, 0.5, 0.5], verdicts, 1.0).tolist() == [1.5, 0.5, 0.5, 0.5]
   with pytest.raises(UserError, match="eval.decision"):
     gate.check_decision("maybe")
+
+
+def test_an_unmeasurable_outline_keeps_the_pair(monkeypatch):
+  """boundary_contrast nan (no outline edge inside the query): undecided and
+  kept, as its docstring says, not judged a reverse crop."""
+  feats, _ = verification.extract_all([P, crop(P, 0.1, 0.1, 0.7, 0.7)])
+  assert verification.verify(feats[0], feats[1]).reason == "reverse"
+  monkeypatch.setattr(verification, "boundary_contrast", lambda *a, **k: float("nan"))
+  v = verification.verify(feats[0], feats[1])
+  assert v.keep and not v.decided and v.reason == "undecided:no_edge"
+
+
+def test_reference_features_use_the_verify_settings(monkeypatch):
+  from asl_jax import gate
+  seen = []
+  real = verification.extract
+
+  def spy(image, cfg=None):
+    cfg = cfg or verification.VerifyConfig()
+    seen.append((cfg.max_side, cfg.num_features))
+    return real(image, cfg)
+
+  monkeypatch.setattr(verification, "extract", spy)
+  cfg = verification.VerifyConfig(max_side=256, num_features=300)
+  images = [P, crop(P, 0.1, 0.1, 0.7, 0.7)]
+  gate.verify_candidates([1], [0], lambda i: images[i], lambda i: images[i], cfg, 1,
+                         log=lambda _: None)
+  assert seen and set(seen) == {(256, 300)}

@@ -302,7 +302,11 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
   cats = categorize(pairs, query_ids, reference_ids, meta, gt)
   gate_record = {"decision": decision, "rescore": float(ev.rescore),
                  "calibration": calibration, "verify": dataclasses.asdict(verify_cfg),
-                 "gate_feature": config.model.gate_feature}
+                 "gate_feature": config.model.gate_feature,
+                 "images": gate_lib.images_record(builder.info.full_name, {
+                     "queries": (query_ids, lambda i: _image(queries_src, query_ids.index(i))),
+                     "references": (reference_ids,
+                                    lambda i: _image(refs_src, reference_ids.index(i)))})}
   report = {
       "settings": {"dataset": builder.info.full_name, "k": int(config.eval.k),
                    "search": "faiss IndexFlatIP on L2-normalised descriptors",
