@@ -191,6 +191,21 @@ def test_gates_hand_computed():
   np.testing.assert_allclose(soft[2], 0.25, rtol=1e-6)  # Equal norms halve.
 
 
+def test_soft_gate_demotes_for_either_sign_of_score():
+  """After score normalisation scores can be negative: a pair whose query
+  norm exceeds the reference's must still fall, never rise toward 0."""
+  c = search.Candidates(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]),
+                        np.array([-0.2, -0.2, 0.3, 0.3], np.float32))
+  qn, rn = np.array([1.0, 1.0]), np.array([0.5, 2.0])  # Reference 0: the query holds more.
+  soft = search.soft_gate_scores(c, qn, rn, temperature=0.5)
+  assert soft[0] < soft[1] and soft[0] < -0.2 and soft[2] < soft[3]
+  np.testing.assert_allclose(soft[0], -0.2 * (1 + np.exp(np.log(2) / 0.5)), rtol=1e-6)
+  # Monotone in the score for a fixed norm ratio, through 0.
+  grid = search.Candidates(np.zeros(5, int), np.zeros(5, int),
+                           np.array([-1, -0.1, 0, 0.1, 1], np.float32))
+  assert np.all(np.diff(search.soft_gate_scores(grid, qn, rn, 0.5)) > 0)
+
+
 # -------------------------------------------------------------------- CLI --
 def _cli(*args):
   return subprocess.run([sys.executable, "-m", "asl_jax.evaluate", *args], cwd=ROOT,

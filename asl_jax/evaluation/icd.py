@@ -312,7 +312,8 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
                    "search": "faiss IndexFlatIP on L2-normalised descriptors",
                    "score_norm": json.loads(config.eval.score_norm.to_json()),
                    "gate": "drop when |g(query)| > |g(reference)|",
-                   "soft_gate": "extension: score * sigmoid(log(|g_r|/|g_q|) / T), "
+                   "soft_gate": "extension: score * (score >= 0) or / (below 0) "
+                                "sigmoid(log(|g_r|/|g_q|) / T), "
                                 f"T={config.eval.soft_gate_temperature}",
                    "gate_feature": config.model.gate_feature,
                    "num_queries": len(query_ids),

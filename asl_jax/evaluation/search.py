@@ -142,14 +142,20 @@ def asl_gate(candidates: Candidates, query_gate_norm: np.ndarray,
 
 def soft_gate_scores(candidates: Candidates, query_gate_norm: np.ndarray,
                      reference_gate_norm: np.ndarray, temperature: float) -> np.ndarray:
-  """Extension (not in the paper): score x sigmoid(log(|g_r| / |g_q|) / T).
+  """Extension (not in the paper): score x s, s = sigmoid(log(|g_r| / |g_q|) / T),
+  for a score >= 0, and score / s below 0.
 
-  Pairs are kept but down-weighted as the query's norm exceeds the
-  reference's; T -> 0 approaches the hard gate's ordering.
+  Pairs are kept but demoted as the query's norm exceeds the reference's;
+  T -> 0 approaches the hard gate's ordering. Scores can be negative after
+  score normalisation, and multiplying those by s < 1 would raise them: so
+  they are divided, and the result falls with the norm ratio and rises with
+  the score for either sign.
   """
   log_ratio = np.log(reference_gate_norm[candidates.reference_index]) - np.log(
       query_gate_norm[candidates.query_index])
-  return candidates.score / (1.0 + np.exp(-log_ratio / temperature))
+  factor = 1.0 / (1.0 + np.exp(-log_ratio / temperature))
+  score = candidates.score
+  return np.where(score >= 0, score * factor, score / factor)
 
 
 def score_normalization_bias(queries: np.ndarray, background: np.ndarray,
