@@ -549,6 +549,7 @@ def _check_counts_and_output(steps: int, warmup: int, batches: int, json_path: s
 
 def run_cli():
   _define_flags()
+  cli.help_exits_zero(sys.argv[1:])
   cli.check_overrides(sys.argv[1:])
   flags.mark_flags_as_required(["config"])
   app.run(main)

@@ -36,6 +36,17 @@ def fail(message: str):
   sys.exit(2)
 
 
+def help_exits_zero(argv: list[str]):
+  """`--help` / `-h` / `--helpfull`: the usage on stdout and status 0 (absl's
+  own help flag exits with 1). The entry module's key flags are listed (its
+  --config too when it declares it with `flags.declare_key_flag`)."""
+  from absl import app
+  asked = {"--help", "-h", "-help", "--helpshort", "--helpfull"} & set(argv)
+  if asked:
+    app.usage(shorthelp="--helpfull" not in asked, writeto_stdout=True)
+    sys.exit(0)
+
+
 def check_overrides(argv: list[str]):
   """Names a misspelled `--config.x.y` field before absl's traceback can."""
   spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)

@@ -77,10 +77,23 @@ def builder(cfg, name: str | None = None) -> tfds.core.DatasetBuilder:
                              skip_bad_images=cfg.skip_bad_images)
   try:
     return tfds.builder(name, data_dir=data_dir(cfg))
-  except Exception as e:  # TFDS raises several kinds for unknown names.
-    raise UserError(
-        f"config.data.name={name!r} is not a dataset TFDS knows ({e}). Use "
-        "'ndec/synthetic' for the embedded set.") from None
+  except Exception:  # TFDS raises several kinds for unknown names (with its catalogue).
+    raise UserError(_unknown_name(name)) from None
+
+
+def _unknown_name(name: str) -> str:
+  """The valid names, and the likely one, instead of TFDS's whole catalogue."""
+  import difflib
+  known = ["ndec/" + c.name for c in tfds_ndec.Builder.BUILDER_CONFIGS]
+  head, _, tail = name.partition("/")
+  guess = difflib.get_close_matches(name, known, n=1)
+  if tail and difflib.get_close_matches(head, ["folder"], n=1, cutoff=0.6):
+    guess = [f"folder/{tail}"]
+  hint = f" Did you mean {guess[0]}?" if guess else ""
+  return (f"config.data.name={name!r} is not a dataset asl_jax knows.{hint} Give "
+          f"{', '.join(known)}, ndec/full_<max side>_q<JPEG quality> (e.g. "
+          "ndec/full_384_q85), folder/<name> for your own set in the DISC21 layout (with "
+          "--config.data.manual_dir=<its folder>), or the name of another TFDS dataset.")
 
 
 def manual_dir(cfg) -> str:
@@ -108,6 +121,12 @@ def prepare(cfg, log=print, name: str | None = None) -> tfds.core.DatasetBuilder
         f"The set {name} is not prepared under {data_dir(cfg)} (looked for {b.data_dir}). "
         "Give its folder with --config.data.manual_dir=<folder> (references/, queries/, "
         "ground_truth.csv, optionally train/ and queries.csv; README, 'Your own images').")
+  if is_folder and not os.path.isdir(manual_dir(cfg)):
+    raise UserError(
+        f"The set {name} is not prepared and its folder, --config.data.manual_dir="
+        f"{cfg.manual_dir!r}, is not a directory. Give the folder that holds references/, "
+        "queries/ and ground_truth.csv (optionally train/ and queries.csv; README, 'Your own "
+        "images').")
   if name == "ndec/synthetic":
     log(f"Building {name} into {b.data_dir} (once; later runs reuse it)")
     b.download_and_prepare(file_format="array_record")

@@ -199,4 +199,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from asl_jax import cli
+  cli.help_exits_zero(sys.argv[1:])
   app.run(main)

@@ -14,6 +14,7 @@ from absl import app, flags, logging
 from asl_jax import cli
 
 _CONFIG = cli.define_config_flag()
+flags.declare_key_flag("config")  # Listed by --help with this module's flags.
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo",
                                "Checkpoints, metrics and predictions go here.")
 _MULTIHOST = flags.DEFINE_bool(
@@ -59,6 +60,7 @@ def main(argv):
 
 
 def run():
+  cli.help_exits_zero(sys.argv[1:])
   cli.check_overrides(sys.argv[1:])
   flags.mark_flags_as_required(["config"])
   app.run(main)

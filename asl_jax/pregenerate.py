@@ -171,6 +171,8 @@ def _cli():
       print(f"asl_jax.pregenerate: error: {e}", file=sys.stderr)
       sys.exit(2)
 
+  flags.declare_key_flag("config")
+  cli.help_exits_zero(sys.argv[1:])
   cli.check_overrides(sys.argv[1:])
   app.run(main)
 

@@ -250,3 +250,27 @@ def test_gate_refuses_another_sets_images_and_names_a_corrupt_one(tmp_path, caps
   assert gate.main([*args, "--decision", "verify"]) == 2
   err = capsys.readouterr().err
   assert "q_crop.jpg could not be read as an image" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------- misleading messages --
+def test_help_exits_0_and_lists_config():
+  r = _run("asl_jax.main", "--help")
+  assert r.returncode == 0 and "--config: Config file" in r.stdout, r.stderr[-2000:]
+  assert _run("asl_jax.evaluate", "--help").returncode == 0
+
+
+def test_dataset_typo_lists_the_valid_names_not_the_tfds_catalogue(tmp_path):
+  from asl_jax import data
+  c = tiny_config(str(tmp_path)).data
+  with pytest.raises(UserError, match="Did you mean folder/photo_dev\\?") as e:
+    data.builder(c, "folders/photo_dev")
+  assert "ndec/synthetic" in str(e.value) and len(str(e.value)) < 800  # No catalogue.
+
+
+def test_missing_folder_set_directory_is_named_without_ndec_instructions(tmp_path):
+  from asl_jax import data
+  c = tiny_config(str(tmp_path)).data
+  c.name, c.manual_dir = "folder/mine", str(tmp_path / "absent")
+  with pytest.raises(UserError, match="manual_dir=.*absent', is not a directory") as e:
+    data.prepare(c, log=lambda _: None)
+  assert "NDEC" not in str(e.value) and "download" not in str(e.value).lower()
