@@ -14,9 +14,15 @@ overlays onto other photos), so that the model meets the same kind of
 background as in the queries. Hard-negative
 training pairs (NDEC) can take some of the N identity slots: each pair member
 is its own identity and both members sit side by side in the same batch.
+
+A batch never holds an identity twice: RS@k gathers each query's positives
+into fixed slots (recall_surrogate.py), so a second copy of an identity would
+change the loss. Batches are cut within each epoch's permutation
+(`epoch_batches`), never across two epochs.
 """
 
 import dataclasses
+import sys
 
 import grain
 import numpy as np
@@ -102,13 +108,62 @@ def make_views(image: np.ndarray | Image.Image, rng: np.random.Generator, spec: 
 
 
 class AddLabel(grain.transforms.MapWithIndex):
-  """Identity label = record index in the split (+ offset)."""
+  """Identity label = record index in the split (+ offset).
 
-  def __init__(self, offset: int = 0):
-    self.offset = offset
+  Shuffled, repeated datasets read this map at index epoch * size + i (Grain's
+  shuffle reseeds each epoch that way), so the index is taken modulo the
+  split's `size`: without it an image's label grew by `size` every epoch, past
+  the classifier's classes.
+  """
+
+  def __init__(self, size: int, offset: int = 0):
+    self.size, self.offset = size, offset
 
   def map_with_index(self, index, record):
-    return {**record, "label": np.int32(index + self.offset)}
+    return {**record, "label": np.int32(index % self.size + self.offset)}
+
+
+class _EpochBatchOrder(grain.MapDataset):
+  """The endless shuffled order with each epoch cut to whole batches.
+
+  Position p of batch size B reads element e * n + j of `parent` (an epoch-
+  reshuffled, repeated dataset of n elements per epoch), with
+  e, j = divmod(p, n - n % B): the n % B elements left at the end of each
+  epoch's permutation are skipped (different ones each epoch), so no batch
+  spans two epochs and none holds an element twice. Random access, so the
+  Grain iterator state (a position) resumes exactly.
+  """
+
+  def __init__(self, parent: grain.MapDataset, epoch_size: int, batch_size: int):
+    super().__init__(parent)
+    self._n = epoch_size
+    self._per_epoch = epoch_size - epoch_size % batch_size
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __str__(self) -> str:
+    return f"_EpochBatchOrder(per_epoch={self._per_epoch})"
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    epoch, j = divmod(index, self._per_epoch)
+    return self._parent[epoch * self._n + j]
+
+
+def epoch_batches(ds: grain.MapDataset, batch_size: int, *, seed: int,
+                  what: str = "training images") -> grain.MapDataset:
+  """Endless batches of `batch_size` distinct elements of `ds`: each epoch's
+  permutation (reshuffled every epoch) cut into whole batches, its remainder
+  dropped (see `_EpochBatchOrder`). Raises UserError when `ds` holds fewer
+  than `batch_size` elements (a batch could not be distinct)."""
+  n = len(ds)
+  if n < batch_size:
+    raise UserError(
+        f"A batch takes {batch_size} distinct {what} per process but this process has only "
+        f"{n}: lower data.ids_per_batch (or data.pair_ids_per_batch), or use more data.")
+  return _EpochBatchOrder(ds.shuffle(seed=seed).repeat(None), n, batch_size)
 
 
 def background_fn(backgrounds: Backgrounds | None, exclude: int):
@@ -195,21 +250,22 @@ def train_dataset(train_source, pairs_source, cfg, *, seed: int,
                        "data.pair_ids_per_batch=0.")
     views, _ = views_lib.open_views(cfg.views_dir, cfg, len(train_source))
     ds = grain.MapDataset.source(views)[process_index::process_count]
-    ds = ds.shuffle(seed=seed).repeat(None)
+    ds = epoch_batches(ds, local_ids, seed=seed)
     ds = ds.random_map(views_lib.PregeneratedViews(cfg.views_per_id, cfg.image_size), seed=seed)
     return _to_iter(ds.batch(local_ids, drop_remainder=True), cfg)
   spec = view_spec(cfg)
   # data.paste_backgrounds is checked with the rest of the config (train.py).
   paste = cfg.get("paste_backgrounds", "train")
   backgrounds = Backgrounds(train_source) if paste == "train" else None
-  ds = grain.MapDataset.source(train_source).map_with_index(AddLabel())
-  ds = ds[process_index::process_count].shuffle(seed=seed).repeat(None)
+  ds = grain.MapDataset.source(train_source).map_with_index(AddLabel(len(train_source)))
+  ds = epoch_batches(ds[process_index::process_count], local_ids - pair_slots, seed=seed)
   ds = ds.random_map(TrainViews(spec, backgrounds), seed=seed)
   ds = ds.batch(local_ids - pair_slots, drop_remainder=True)
   if pair_slots:
-    pairs = grain.MapDataset.source(pairs_source).map_with_index(AddLabel())
-    pairs = pairs[process_index::process_count].shuffle(seed=seed + 1)
-    pairs = pairs.repeat(None).random_map(
+    pairs = grain.MapDataset.source(pairs_source).map_with_index(AddLabel(len(pairs_source)))
+    pairs = epoch_batches(pairs[process_index::process_count], pair_slots // 2, seed=seed + 1,
+                          what="hard-negative pairs")
+    pairs = pairs.random_map(
         PairViews(spec, offset=len(train_source), backgrounds=backgrounds), seed=seed + 1)
     pairs = pairs.batch(pair_slots // 2, drop_remainder=True)
     n = min(len(ds), len(pairs))  # Both endless; zip needs equal lengths.

@@ -140,3 +140,53 @@ def test_worker_processes_give_the_same_batches_and_restore(tiny_builder, data_d
       np.testing.assert_array_equal(a[k], b[k])
   cfg.num_workers = -1
   assert input_pipeline.worker_processes(cfg) == len(os.sched_getaffinity(0))
+
+
+def _records(n: int) -> list[dict]:
+  return [{"id": f"T{i}", "filename": f"T{i}.png",
+           "image": encode_jpeg(np.full((8, 8, 3), 3 * i, np.uint8))} for i in range(n)]
+
+
+def test_batches_hold_distinct_identities_across_epoch_boundaries(data_dir):
+  """RS@k's fixed positive slots drop a second copy of an identity, so no
+  batch may hold one twice; 11 images in batches of 4 make most epochs end
+  mid-batch (shuffle().repeat().batch() repeated identities there). Each
+  epoch's 2 whole batches are 8 distinct images, and a saved position
+  resumes exactly."""
+  cfg = tiny_config(data_dir).data
+  cfg.update(pair_ids_per_batch=0, ids_per_batch=4, views_per_id=2, image_size=8)
+  cfg.train_edits = {}
+  src = _records(11)
+  it = iter(input_pipeline.train_dataset(src, None, cfg, seed=0))
+  batches = [next(it) for _ in range(12)]  # 6 epochs.
+  labels = [b["label"].tolist() for b in batches]
+  for b in batches:  # The label is the image's index in every epoch (image i is grey 3i).
+    np.testing.assert_allclose(b["views"][:, 0].mean((1, 2, 3)), 3 * b["label"], atol=1.5)
+  for batch in labels:
+    assert len(set(batch)) == 4, labels
+  for e in range(6):
+    epoch = labels[2 * e] + labels[2 * e + 1]
+    assert len(set(epoch)) == 8, (e, labels)  # No image twice within an epoch either.
+  assert len({tuple(sorted(b)) for b in labels}) > 6  # Reshuffled every epoch.
+  it = iter(input_pipeline.train_dataset(src, None, cfg, seed=0))
+  for _ in range(5):
+    next(it)
+  resumed = iter(input_pipeline.train_dataset(src, None, cfg, seed=0))
+  resumed.set_state(it.get_state())
+  assert [next(resumed)["label"].tolist() for _ in range(7)] == labels[5:]
+
+
+def test_pair_slots_are_distinct_too_and_a_too_small_source_is_refused(data_dir):
+  cfg = tiny_config(data_dir).data
+  cfg.update(pair_ids_per_batch=4, ids_per_batch=6, views_per_id=2, image_size=8)
+  cfg.train_edits = {}
+  src = _records(5)
+  pairs = [{**r, "partner": s} for r, s in zip(_records(3), _records(6)[3:])]
+  it = iter(input_pipeline.train_dataset(src, pairs, cfg, seed=0))
+  for _ in range(8):
+    labels = next(it)["label"].tolist()
+    assert len(set(labels)) == 6, labels
+    assert max(labels[:2]) < 5 and 5 <= min(labels[2:]) and max(labels[2:]) < 11, labels
+  cfg.ids_per_batch = 10
+  with pytest.raises(UserError, match="6 distinct training images per process but .* only 5"):
+    input_pipeline.train_dataset(src, pairs, cfg, seed=0)
