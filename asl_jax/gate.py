@@ -33,11 +33,10 @@ import dataclasses
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
-from asl_jax import paths, verification
+from asl_jax import paths, verification, verification_stream
 from asl_jax.errors import UserError
 
 DECISIONS = ("none", "norm", "calibrated_norm", "verify", "verify_else_norm",
@@ -114,27 +113,19 @@ def rescored(scores, verdicts, weight: float) -> np.ndarray:
 
 
 def verify_candidates(query_index, reference_index, load_query, load_reference,
-                      cfg: verification.VerifyConfig, workers: int = 0, log=print):
-  """Verdicts for candidate pairs; features are extracted once for each
-  query and reference that appears (load_*: index -> uint8 RGB image)."""
-  query_index, reference_index = np.asarray(query_index), np.asarray(reference_index)
-  t0 = time.time()
-  qs, rs = np.unique(query_index), np.unique(reference_index)
-  qpos = {int(q): i for i, q in enumerate(qs)}
-  rpos = {int(r): i for i, r in enumerate(rs)}
-  qfeat, qmirror = verification.extract_all((load_query(int(q)) for q in qs), cfg,
-                                            mirror=cfg.mirror)
-  rfeat, _ = verification.extract_all((load_reference(int(r)) for r in rs), cfg)
-  t1 = time.time()
-  verdicts = verification.verify_pairs(
-      qfeat, rfeat, [qpos[int(q)] for q in query_index],
-      [rpos[int(r)] for r in reference_index], cfg, qmirror, workers)
-  t2 = time.time()
-  timing = {"images": int(len(qs) + len(rs)), "extract_seconds": t1 - t0,
-            "pairs": int(len(verdicts)), "verify_seconds": t2 - t1,
-            "pairs_per_second": len(verdicts) / max(t2 - t1, 1e-9)}
-  log(f"  verified {len(verdicts)} pairs: features of {timing['images']} images in "
-      f"{t1 - t0:.1f} s, pairs at {timing['pairs_per_second']:.0f}/s")
+                      cfg: verification.VerifyConfig, workers: int = 0, log=print, **stream):
+  """Verdicts for candidate pairs, in bounded memory (verification_stream.py:
+  each query's features extracted once, the references' in an LRU cache;
+  `stream`: its batch and cache sizes). load_*: index -> uint8 RGB image.
+  Returns the verdicts and what it took (pairs/s, extractions, seconds)."""
+  verdicts, timing = verification_stream.verify_stream(
+      query_index, reference_index, load_query, load_reference, cfg, workers, log=log, **stream)
+  timing["images"] = timing["query_extractions"] + timing["reference_extractions"]
+  log(f"  verified {timing['pairs']} pairs in {timing['seconds']:.1f} s "
+      f"({timing['pairs_per_second']:.1f} pairs/s): features of {timing['query_extractions']} "
+      f"queries and {timing['reference_extractions']} reference extractions "
+      f"({timing['distinct_references']} distinct references, cache of "
+      f"{timing['reference_cache']})")
   return verdicts, timing
 
 

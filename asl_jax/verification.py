@@ -21,7 +21,7 @@ query, and then the reference's outline projected into the query.
   pair is kept and the descriptor's score stands.
 
 Features are computed once per image (`extract`), the matching and the fit
-once per pair (`verify_pairs`, in worker processes). All thresholds are
+once per pair (`verify`; many pairs in bounded memory: verification_stream.py). All thresholds are
 fields of `VerifyConfig` and recorded with the run.
 """
 
@@ -63,11 +63,10 @@ class Features:
   """Local features of one image, at the working size."""
   points: np.ndarray       # float32 [n, 2] (x, y)
   descriptors: np.ndarray  # float32 [n, 128] RootSIFT
-  image: np.ndarray        # float32 [h, w, 3] in [0, 1], for the outline test
-
-  @property
-  def size(self) -> tuple[int, int]:
-    return self.image.shape[1], self.image.shape[0]
+  size: tuple[int, int]    # (width, height) of the working image
+  # uint8 [h, w, 3] working image for the outline test, which reads only the
+  # query's: None for a reference.
+  image: np.ndarray | None = None
 
 
 def _working_image(image: np.ndarray, max_side: int) -> np.ndarray:
@@ -79,8 +78,10 @@ def _working_image(image: np.ndarray, max_side: int) -> np.ndarray:
   return image
 
 
-def extract(image: np.ndarray, cfg: VerifyConfig = VerifyConfig()) -> Features:
-  """SIFT keypoints with RootSIFT descriptors of a uint8 RGB image."""
+def extract(image: np.ndarray, cfg: VerifyConfig = VerifyConfig(),
+            keep_image: bool = True) -> Features:
+  """SIFT keypoints with RootSIFT descriptors of a uint8 RGB image (and the
+  working image itself with `keep_image`: queries need it, references not)."""
   require_opencv()
   image = _working_image(np.ascontiguousarray(image), cfg.max_side)
   gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
@@ -92,7 +93,8 @@ def extract(image: np.ndarray, cfg: VerifyConfig = VerifyConfig()) -> Features:
     points = np.array([k.pt for k in keypoints], np.float32)
     # RootSIFT (Arandjelović and Zisserman 2012): L1-normalise, square root.
     desc = np.sqrt(desc / np.maximum(desc.sum(1, keepdims=True), 1e-7)).astype(np.float32)
-  return Features(points, desc, image.astype(np.float32) / 255.0)
+  return Features(points, desc, (image.shape[1], image.shape[0]),
+                  image if keep_image else None)
 
 
 def mirrored(image: np.ndarray) -> np.ndarray:
@@ -253,7 +255,7 @@ def verify(query: Features, reference: Features, cfg: VerifyConfig = VerifyConfi
   cover = _cover(polygon, q.size)
   if cover >= cfg.cover:
     return Verdict(True, True, inliers, matches, cover, float("nan"), "copy:inside")
-  contrast = boundary_contrast(q.image, polygon)
+  contrast = boundary_contrast(q.image.astype(np.float32) / 255.0, polygon)
   if not np.isfinite(contrast):  # No outline edge inside the query to judge: no decision.
     return Verdict(False, True, inliers, matches, cover, contrast, "undecided:no_edge")
   if contrast >= cfg.contrast:

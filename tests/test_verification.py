@@ -156,10 +156,10 @@ def test_reference_features_use_the_verify_settings(monkeypatch):
   seen = []
   real = verification.extract
 
-  def spy(image, cfg=None):
+  def spy(image, cfg=None, **kw):
     cfg = cfg or verification.VerifyConfig()
     seen.append((cfg.max_side, cfg.num_features))
-    return real(image, cfg)
+    return real(image, cfg, **kw)
 
   monkeypatch.setattr(verification, "extract", spy)
   cfg = verification.VerifyConfig(max_side=256, num_features=300)
@@ -167,3 +167,49 @@ def test_reference_features_use_the_verify_settings(monkeypatch):
   gate.verify_candidates([1], [0], lambda i: images[i], lambda i: images[i], cfg, 1,
                          log=lambda _: None)
   assert seen and set(seen) == {(256, 300)}
+
+
+def test_streamed_verification_gives_the_all_at_once_verdicts_in_bounded_memory():
+  """Pairs in query order, in batches, references in a small LRU cache: the
+  verdicts of extracting every image's features at once and verifying each
+  pair, each query extracted once, the cache never over its capacity."""
+  from asl_jax import verification_stream
+  cfg = verification.VerifyConfig(max_side=256, num_features=300)
+  images = [P, crop(P, 0.1, 0.1, 0.7, 0.7), photo(5), crop(P, 0.2, 0.1, 0.8, 0.9),
+            crop(photo(5), 0.3, 0.2, 0.9, 0.8), photo(6)]
+  rng = np.random.default_rng(0)
+  qi = rng.integers(0, 6, 40)
+  ri = rng.integers(0, 6, 40)
+  feats, mirrors = verification.extract_all(images, cfg, mirror=True)
+  expected = verification.verify_pairs(feats, feats, qi, ri, cfg, mirrors, workers=1)
+  loads = []
+
+  def load_query(i):
+    loads.append(i)
+    return images[i]
+  got, timing = verification_stream.verify_stream(
+      qi, ri, load_query, lambda i: images[i], cfg, 2, batch_pairs=5, batch_queries=2,
+      reference_cache=2, log=lambda _: None, progress_seconds=0)
+  assert [str(v) for v in got] == [str(v) for v in expected]
+  assert {v.reason for v in got} >= {"copy:inside", "reverse"}  # Not all undecided.
+  assert sorted(loads) == sorted(set(qi.tolist()))  # Each query extracted once.
+  assert timing["query_extractions"] == len(set(qi.tolist()))
+  assert timing["reference_cache_max"] == 2
+  assert timing["reference_extractions"] > len(set(ri.tolist()))  # Evictions cost re-extraction.
+
+
+def test_stream_batches_and_the_cache_are_bounded():
+  from asl_jax import verification_stream
+  qi = np.array([3, 1, 1, 2, 3, 1, 0, 0, 0, 0, 0, 2])
+  cut = list(verification_stream.batches(qi, batch_pairs=4, batch_queries=2))
+  assert sorted(np.concatenate(cut).tolist()) == list(range(12))
+  flat = np.concatenate(cut)
+  assert np.all(np.diff(qi[flat]) >= 0)  # In query order.
+  for b in cut:
+    assert len(b) <= 4 and len(set(qi[b].tolist())) <= 2
+  cache = verification_stream.LRUCache(2)
+  made = []
+  for key in [1, 2, 1, 3, 2, 1]:
+    cache.get(key, lambda key=key: made.append(key) or key)
+    assert len(cache.items) <= 2
+  assert made == [1, 2, 3, 2, 1]  # 2 evicted by 3 (1 was used more recently), and so on.
