@@ -146,7 +146,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   v.ransac_threshold = 0.02       # Inlier distance / query diagonal.
   v.min_inliers = 10              # Fewer: undecided (kept).
   v.min_inlier_fraction = 0.15    # Inliers / ratio-test matches; fewer: undecided.
-  v.cover = 0.8                   # Reference outline covers >= this of the query: a copy.
+  v.cover = 0.95                  # Reference outline covers >= this of the query: inside, a
+  #                                 copy (below: judged at the outline, pasted or reverse).
   v.contrast = 2.0                # Step at the outline / beside it >= this: pasted, a copy.
   v.mirror = True                 # Also match the mirrored query.
   v.workers = 0                   # Threads (0: one per core).

@@ -213,3 +213,18 @@ def test_stream_batches_and_the_cache_are_bounded():
     cache.get(key, lambda key=key: made.append(key) or key)
     assert len(cache.items) <= 2
   assert made == [1, 2, 3, 2, 1]  # 2 evicted by 3 (1 was used more recently), and so on.
+
+
+def test_a_reverse_crop_slightly_wider_than_its_reference_is_not_inside():
+  """The reference is the middle 86% of the query's width (the query 17% wider): the old
+  rule (cover >= 0.8: inside, a copy, rescored above unverified true copies) passed it; now
+  only a query nearly all inside the outline is inside, and this one is judged at the
+  outline, where the scene continues: reverse. A true crop stays inside."""
+  reference = crop(P, 0.07, 0.0, 0.93, 1.0)
+  old = judge(P, reference, cover=0.8)
+  assert old.reason == "copy:inside" and 0.8 < old.cover < 0.9
+  v = judge(P, reference)
+  assert v.decided and not v.keep and v.reason == "reverse", v
+  assert verification.VerifyConfig().cover >= 0.95
+  kept = judge(crop(P, 0.05, 0.05, 0.95, 0.95), P)
+  assert kept.decided and kept.keep and kept.reason == "copy:inside" and kept.cover > 0.97
