@@ -121,7 +121,7 @@ def restore_model_variables(workdir: str) -> tuple[int, dict, dict]:
     raise UserError(f"{directory} holds no checkpoint: --workdir must be a run that "
                     "trained at least to its first checkpoint (train.checkpoint_every).")
   with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      create=False, read_only=True)) as manager:
+      create=False, read_only=True, save_interval_steps=0)) as manager:
     step = manager.latest_step()
     try:
       state = manager.restore(step, args=ocp.args.Composite(

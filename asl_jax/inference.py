@@ -58,6 +58,15 @@ class Run:
     return icd.embed_split(self._embed_fn, state, source, self.image_size,
                            self.config.eval.batch_size, sharding.make_mesh(), name, log)
 
+  def embed_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(descriptors, gate norms) of uint8 images [n, S, S, 3] already at the
+    embedding side, in one call of the evaluation's embedding function."""
+    n, pad = len(images), (-len(images)) % jax.device_count()
+    images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+    d, g = self._embed_fn(self.params, self.batch_stats,
+                          sharding.global_batch(images, sharding.make_mesh()))
+    return np.asarray(d)[:n], np.asarray(g)[:n]
+
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
