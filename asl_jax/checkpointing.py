@@ -108,3 +108,25 @@ class Checkpointer:
 def abstract(tree):
   """Shape/dtype/sharding structs to restore into."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def restore_model_variables(workdir: str) -> tuple[int, dict, dict]:
+  """(step, model params, batch_stats) of the latest checkpoint in
+  `workdir`, for inference (the optimiser state and the input pipeline's
+  position are read but not returned); nothing is written."""
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(
+      directory) else []
+  if not steps:
+    raise UserError(f"{directory} holds no checkpoint: --workdir must be a run that "
+                    "trained at least to its first checkpoint (train.checkpoint_every).")
+  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      create=False, read_only=True, save_interval_steps=0)) as manager:
+    step = manager.latest_step()
+    try:
+      state = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore())).state
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+      raise UserError(f"Could not read the checkpoint of step {step} in {directory}: "
+                      f"{e}. The checkpoint was left untouched.") from None
+  return step, state["params"]["model"], state["batch_stats"]

@@ -61,3 +61,16 @@ def data_dir(tmp_path_factory):
 def tiny_builder(data_dir):
   from asl_jax import data
   return data.prepare(tiny_config(data_dir).data, log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_builder, data_dir, tmp_path_factory):
+  """A tiny trained and evaluated run (4 steps, flip-averaged descriptors):
+  (workdir, its config) for the embed / export / find tools."""
+  from asl_jax import train
+  c = tiny_config(data_dir)
+  c.eval.update(decision="norm", rescore=0.0, flip_average=True)
+  c.eval.calibration.num_images = 8
+  workdir = str(tmp_path_factory.mktemp("tiny_run"))
+  train.train_and_evaluate(c, workdir)
+  return workdir, c

@@ -1,0 +1,101 @@
+"""A trained run's model as an ONNX graph (through jax2onnx), so that it
+serves outside JAX (onnxruntime, TensorRT, a browser).
+
+The graph takes uint8 RGB images [batch, S, S, 3] (NHWC, S = the run's
+embedding side, eval.image_size or data.image_size; the batch is dynamic)
+and does the rest inside, as SSCD's released ONNX models do: ImageNet
+normalisation, the network in inference mode (BatchNorm's running
+statistics), the mirror-image average when the run's evaluation uses it
+(eval.flip_average), the L2 normalisation. Outputs: `descriptor` float32
+[batch, d] (unit length) and `gate_norm` float32 [batch] (the norm of the
+gate feature). Resizing stays outside, as the run's evaluation resizes:
+bilinear to S x S, aspect not kept (`copy_edits.resize`); the side is in the
+model's metadata (`image_size`).
+
+What is exported is the inference function, written for it: the model is
+rebuilt with plain XLA convolutions (model.small_conv=xla, model.conv_grad=xla:
+the CPU-only im2col form and the custom-VJP convolution whose only purpose
+is faster gradients) and in float32 (a bfloat16 run's float32 parameters are
+used as they are). Same parameters, same function.
+"""
+
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+INSTALL = ("pip install --no-deps jax2onnx==0.17.1 'onnx-ir>=1.1' (jax2onnx's own "
+           "requirements pin orbax-checkpoint<0.11.37, which asl_jax's checkpoints "
+           "cannot use; the exporter needs none of them)")
+
+
+def inference_model(config):
+  """The run's model, rebuilt for export (plain convolutions, float32)."""
+  from asl_jax.models import resnet
+  cfg = ml_collections.ConfigDict(config.model.to_dict())
+  cfg.update(small_conv="xla", conv_grad="xla", dtype="float32")
+  return resnet.build(cfg)
+
+
+def inference_fn(run):
+  """uint8 [B, S, S, 3] -> (descriptor [B, d] unit length, gate norm [B]),
+  with the run's variables closed over; what the graph computes."""
+  from asl_jax.models import resnet
+  model = inference_model(run.config)
+  variables = {"params": run.params, "batch_stats": run.batch_stats}
+  unit = lambda d: d / jnp.maximum(jnp.linalg.norm(d, axis=-1, keepdims=True), 1e-12)
+
+  def apply(images):
+    return model.apply(variables, resnet.images_to_input(images), train=False)
+
+  def fn(images):
+    aux = apply(images)
+    d = unit(aux["descriptor"])
+    if run.flip_average:  # As icd.make_embed_fn: the mean of the two unit descriptors.
+      d = unit(d + unit(apply(images[:, :, ::-1])["descriptor"]))
+    return d, jnp.linalg.norm(aux["gate_feature"], axis=-1)
+  return fn
+
+
+def export(run, path: str, opset: int = 23):
+  """Writes the run's model to `path` (ONNX); returns the ModelProto."""
+  # Its bundled examples for libraries we do not use (dm_pix, equinox)
+  # log an import traceback each; only errors matter here.
+  logging.getLogger("jax2onnx").setLevel(logging.ERROR)
+  try:
+    import jax2onnx
+  except ImportError:
+    raise ImportError(f"Exporting to ONNX needs jax2onnx: {INSTALL}.") from None
+  size = run.image_size
+  (batch,) = jax.export.symbolic_shape("batch")
+  proto = jax2onnx.to_onnx(
+      inference_fn(run), [jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)],
+      model_name="asl_jax_copy_detector", opset=opset, input_names=["images"],
+      output_names=["descriptor", "gate_norm"])
+  # jax2onnx's intermediate shape annotations can carry its NCHW/NHWC
+  # bookkeeping wrongly (onnxruntime then warns and merges leniently); the
+  # runtime infers them itself.
+  del proto.graph.value_info[:]
+  meta = {"image_size": str(size), "input": f"uint8 RGB [batch, {size}, {size}, 3]",
+          "resize": f"bilinear to {size}x{size}, aspect not kept (as the run's evaluation)",
+          "flip_average": str(run.flip_average), "step": str(run.step),
+          "config": run.config.to_json()}
+  for key, value in meta.items():
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = key, value
+  tmp = path + ".partial"
+  with open(tmp, "wb") as f:
+    f.write(proto.SerializeToString())
+  os.replace(tmp, path)
+  return proto
+
+
+def metadata(proto) -> dict:
+  """The metadata `export` wrote (values as strings; `config` as a dict)."""
+  out = {p.key: p.value for p in proto.metadata_props}
+  if "config" in out:
+    out["config"] = json.loads(out["config"])
+  return out

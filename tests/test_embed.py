@@ -1,0 +1,147 @@
+"""`python -m asl_jax.embed`: folders and prepared splits embedded as the
+run's evaluation embeds them, in the layout `evaluate` and `gate` read."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from asl_jax import data, embed, gate, image_folder
+from asl_jax.evaluation import io
+from conftest import ROOT
+
+
+def _embed(capsys, *argv):
+  embed.main(list(argv))
+  return json.loads(capsys.readouterr().out)
+
+
+def _exif_rotated_jpeg(path, upright: np.ndarray):
+  """A JPEG whose pixels are stored turned a quarter (as phones write them)
+  with the EXIF orientation 6 that turns them back upright."""
+  stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  stored.save(path, quality=95, exif=exif)
+
+
+def _folder_of_references(builder, root):
+  """The references' own JPEG bytes as files, plus an EXIF-rotated photo, its
+  upright twin, a corrupt JPEG and a text file."""
+  src = data.source(builder, "references")
+  os.makedirs(os.path.join(root, "more"))
+  for i in range(len(src)):
+    with open(os.path.join(root, data.text(src[i]["id"]) + ".jpg"), "wb") as f:
+      f.write(src[i]["image"])
+  rng = np.random.default_rng(0)
+  photo = np.kron(rng.integers(0, 255, (12, 8, 3)), np.ones((5, 5, 1))).astype(np.uint8)
+  _exif_rotated_jpeg(os.path.join(root, "more", "phone.jpg"), photo)
+  Image.fromarray(image_folder.load(os.path.join(root, "more", "phone.jpg"))).save(
+      os.path.join(root, "more", "phone_upright.png"))
+  with open(os.path.join(root, "more", "broken.jpg"), "wb") as f:
+    f.write(src[0]["image"][:300])  # Truncated.
+  with open(os.path.join(root, "notes.txt"), "w") as f:
+    f.write("not an image")
+  return photo
+
+
+def test_folder_matches_the_evaluation_and_skips_bad_files(tiny_run, tiny_builder, tmp_path,
+                                                            capsys):
+  workdir, _ = tiny_run
+  root = str(tmp_path / "photos")
+  photo = _folder_of_references(tiny_builder, root)
+  out = str(tmp_path / "refs.h5")
+  summary = _embed(capsys, "--workdir", workdir, "--images", root, "--out", out)
+  assert {(s["path"], s["reason"].split(":")[0]) for s in summary["skipped_files"]} == {
+      ("more/broken.jpg", "unreadable"), ("notes.txt", "unsupported")}
+  ids, vectors = io.read_descriptors(out)
+  norms = io.read_gate_norms(out)
+  ref_ids, ref_vectors = io.read_descriptors(os.path.join(workdir, "references.h5"))
+  ref_norms = io.read_gate_norms(os.path.join(workdir, "references.h5"))
+  assert ids == sorted(ref_ids) + ["phone", "phone_upright"]
+  assert vectors.shape == (len(ref_ids) + 2, 16) and summary["images"] == len(ids)
+  np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+  pos = {r: i for i, r in enumerate(ref_ids)}
+  order = [pos[i] for i in ids[:-2]]
+  np.testing.assert_allclose(vectors[:-2], ref_vectors[order], atol=1e-5)
+  np.testing.assert_allclose([norms[i] for i in ids[:-2]], [ref_norms[r] for r in ids[:-2]],
+                             rtol=1e-5)
+  # The phone's photo is read upright (EXIF), so it embeds as its upright twin.
+  assert image_folder.load(os.path.join(root, "more", "phone.jpg")).shape == photo.shape
+  np.testing.assert_allclose(vectors[-2], vectors[-1], atol=1e-6)
+  assert norms["phone"] == pytest.approx(norms["phone_upright"], rel=1e-6)
+
+
+def test_splits_reproduce_the_run_and_feed_evaluate_and_gate(tiny_run, tiny_builder, tmp_path,
+                                                             capsys):
+  """queries/references/train embedded by the tool give evaluate the run's
+  own μAP (score-normalised by the train split), and gate the run's norms."""
+  workdir, config = tiny_run
+  paths = {s: str(tmp_path / f"{s}.h5") for s in ("queries", "references", "train")}
+  for split, path in paths.items():
+    assert _embed(capsys, "--workdir", workdir, "--split", split, "--out", path)["images"] > 0
+  q_ids, q = io.read_descriptors(paths["queries"])
+  run_ids, run_q = io.read_descriptors(os.path.join(workdir, "queries.h5"))
+  assert q_ids == run_ids
+  np.testing.assert_array_equal(q, run_q)
+  assert io.read_gate_norms(paths["queries"]) == io.read_gate_norms(
+      os.path.join(workdir, "queries.h5"))
+  assert len(io.read_descriptors(paths["train"])[0]) == config.data.synthetic.num_train
+  gt = str(tmp_path / "gt.csv")
+  io.write_ground_truth(gt, [(k, m["reference_id"])
+                             for k, m in data.query_metadata(tiny_builder).items()])
+  r = subprocess.run(
+      [sys.executable, "-m", "asl_jax.evaluate", "--ground_truth", gt, "--k", "5",
+       "--query_descriptors", paths["queries"], "--reference_descriptors", paths["references"],
+       "--train_descriptors", paths["train"], "--score_norm", "sscd"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "PYTHONPATH": ROOT})
+  assert r.returncode == 0, r.stderr[-2000:]
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    expected = json.load(f)["without_gate"]["micro_ap"]
+  assert json.loads(r.stdout)["micro_ap"] == pytest.approx(expected, abs=1e-6)
+  # gate reads the norms from a workdir's queries.h5/references.h5: the
+  # tool's files there give the run's own decisions.
+  other = tmp_path / "other"
+  other.mkdir()
+  shutil.copy(os.path.join(workdir, "gate.json"), other)
+  for split in ("queries", "references"):
+    shutil.copy(paths[split], other / f"{split}.h5")
+  pred = io.read_predictions(os.path.join(workdir, "predictions_without_gate.csv"))
+  triple = (pred.query_ids, pred.reference_ids, pred.scores)
+  mine = gate.apply(triple, str(other), None, None, decision="norm", log=lambda _: None)
+  theirs = gate.apply(triple, workdir, None, None, decision="norm", log=lambda _: None)
+  assert 0 < mine["kept"] < len(pred.query_ids)
+  assert mine["query_ids"] == theirs["query_ids"]
+  assert mine["reference_ids"] == theirs["reference_ids"]
+
+
+def test_bad_arguments_fail_before_any_work(tiny_run, tmp_path, capsys):
+  workdir, _ = tiny_run
+  existing = tmp_path / "D.h5"
+  existing.write_bytes(b"keep me")
+  cases = [
+      (["--images", str(tmp_path), "--out", str(existing)], "exists; give another path"),
+      (["--images", str(tmp_path), "--out", str(tmp_path / "no" / "D.h5")], "does not exist"),
+      (["--images", str(tmp_path), "--split", "train", "--out", str(tmp_path / "a.h5")],
+       "either --images"),
+      (["--split", "validation", "--out", str(tmp_path / "a.h5")], "use one of queries"),
+      (["--images", str(tmp_path / "none"), "--out", str(tmp_path / "a.h5")], "not a folder"),
+  ]
+  for argv, message in cases:
+    with pytest.raises(SystemExit) as e:
+      embed.main(["--workdir", workdir, *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, (argv, err)
+  assert existing.read_bytes() == b"keep me"
+  with pytest.raises(SystemExit):
+    embed.main(["--workdir", str(tmp_path), "--images", str(tmp_path),
+                "--out", str(tmp_path / "a.h5")])
+  assert "config.json does not exist" in capsys.readouterr().err
+  assert not (tmp_path / "a.h5").exists()

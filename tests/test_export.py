@@ -1,0 +1,54 @@
+"""`python -m asl_jax.export`: the run's model under onnxruntime gives the
+descriptors and gate norms its evaluation computed."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from asl_jax import copy_edits, data, export
+from asl_jax.evaluation import io
+
+pytest.importorskip("jax2onnx", reason="jax2onnx is not installed (pip install --no-deps "
+                    "jax2onnx 'onnx-ir>=1.1'; asl_jax/onnx_export.py says why --no-deps)")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+
+
+def test_onnx_descriptors_match_the_runs_evaluation(tiny_run, tiny_builder, tmp_path, capsys):
+  workdir, config = tiny_run
+  path = str(tmp_path / "model.onnx")
+  export.main(["--workdir", workdir, "--out", path])
+  summary = json.loads(capsys.readouterr().out)
+  assert summary["check"]["min_cosine"] >= export.MIN_COSINE
+  import onnx
+  proto = onnx.load(path)
+  (image_input,) = proto.graph.input
+  dims = [d.dim_param or d.dim_value for d in image_input.type.tensor_type.shape.dim]
+  assert image_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+  assert dims[1:] == [40, 40, 3] and isinstance(dims[0], str)  # eval.image_size; any batch.
+  assert {p.key: p.value for p in proto.metadata_props}["image_size"] == "40"
+  # The references as the evaluation embeds them: decoded, resized to 40 x 40.
+  src = data.source(tiny_builder, "references")
+  images = np.stack([copy_edits.resize(data.decode_image(src[i]["image"], src[i]), (40, 40))
+                     for i in range(len(src))])
+  session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+  ids, expected = io.read_descriptors(os.path.join(workdir, "references.h5"))
+  norms = io.read_gate_norms(os.path.join(workdir, "references.h5"))
+  assert ids == [data.text(src[i]["id"]) for i in range(len(src))]
+  for batch in (1, 7, len(images)):  # The batch dimension is dynamic.
+    d, g = session.run(["descriptor", "gate_norm"], {"images": images[:batch]})
+    assert d.shape == (batch, config.model.descriptor_dim) and g.shape == (batch,)
+  d, g = session.run(["descriptor", "gate_norm"], {"images": images})
+  np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-5)
+  assert np.sum(d * expected, axis=1).min() >= 0.9999
+  np.testing.assert_allclose(g, [norms[i] for i in ids], rtol=1e-4)
+
+
+def test_existing_output_is_kept(tiny_run, tmp_path, capsys):
+  out = tmp_path / "model.onnx"
+  out.write_bytes(b"older model")
+  with pytest.raises(SystemExit) as e:
+    export.main(["--workdir", tiny_run[0], "--out", str(out)])
+  assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err
+  assert out.read_bytes() == b"older model"
