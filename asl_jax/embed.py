@@ -20,22 +20,8 @@ import json
 import os
 import sys
 
-from asl_jax import cli
+from asl_jax import cli, paths
 from asl_jax.errors import UserError
-
-
-def check_output_file(path: str, overwrite: bool, what: str = "--out"):
-  """Refuses, before any work, an output that cannot or should not be written."""
-  if os.path.isdir(path):
-    raise UserError(f"{what} {path} is a folder; give a file path such as {path}/D.h5.")
-  parent = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(parent):
-    raise UserError(f"{what} {path}: the folder {parent} does not exist; create it first.")
-  if not os.access(parent, os.W_OK):
-    raise UserError(f"{what} {path}: the folder {parent} is not writable.")
-  if os.path.exists(path) and not overwrite:
-    raise UserError(f"{what} {path} exists; give another path, or --overwrite to replace "
-                    "it (it is replaced only once the new file is complete).")
 
 
 def parse(argv):
@@ -64,7 +50,7 @@ def run(args, log=print) -> dict:
     raise UserError(f"--images {args.images} is not a folder.")
   if args.split and args.split not in inference.SPLITS:
     raise UserError(f"--split {args.split}: use one of {', '.join(inference.SPLITS)}.")
-  check_output_file(args.out, args.overwrite)
+  paths.new_output_file(args.out, "--out", args.overwrite)
   inference.read_config(args.workdir)  # A wrong --workdir shows before the scan.
   skipped = []
   if args.images:

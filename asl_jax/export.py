@@ -57,8 +57,8 @@ def check(run, path: str, num_images: int = 4, seed: int = 0) -> dict:
 
 
 def run(args, log=print) -> dict:
-  from asl_jax import embed, inference, onnx_export
-  embed.check_output_file(args.out, args.overwrite)
+  from asl_jax import inference, onnx_export, paths
+  paths.new_output_file(args.out, "--out", args.overwrite)
   try:
     import jax2onnx  # noqa: F401
   except ImportError:

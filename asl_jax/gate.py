@@ -256,6 +256,8 @@ def apply(predictions, workdir: str, queries, references,
           "evaluated on other images. Evaluate it on this set first "
           "(--config.eval.data_name), or use --decision verify, which needs no norms.")
     for split, where in (("queries", queries), ("references", references)):
+      if where is None:  # Norms alone (a library caller without the images): nothing to compare.
+        continue
       load, available = _image_loader(where)
       check_images(run.get("images"), split, load, available,
                    where if isinstance(where, str) else where[0].info.full_name, log)

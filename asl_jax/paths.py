@@ -69,3 +69,12 @@ def output_file(path: str, flag: str, what: str = "the results") -> None:
   if why:
     raise UserError(f"{flag}={path!r} is not writable ({why}). Give a path you can write "
                     f"for {what}; nothing was computed.")
+
+
+def new_output_file(path: str, flag: str, overwrite: bool, what: str = "the results") -> None:
+  """`output_file`, and an existing file is kept unless `overwrite` (the
+  commands replace it only once the new file is complete)."""
+  output_file(path, flag, what)
+  if os.path.exists(path) and not overwrite:
+    raise UserError(f"{flag} {path} exists; give another path, or --overwrite to replace it "
+                    "(it is replaced only once the new file is complete).")
