@@ -6,7 +6,9 @@
 Workloads:
   train   the config's jitted update on device-resident data (the number that
           compares across frameworks): images/s, step-time percentiles, the
-          compiled step's FLOPs (XLA's cost analysis), TFLOP/s and MFU;
+          the step's FLOPs counted from its jaxpr (asl_jax/flops.py: model FLOPs,
+          which MFU uses, and executed FLOPs with a two-pass recompute; XLA's
+          cost analysis beside them), TFLOP/s and MFU;
   input   the Grain training pipeline alone (decode, crops, online edit chain;
           or pre-generated views with --config.data.views_dir) at 0, several
           and all worker processes;
@@ -34,17 +36,10 @@ import time
 
 from absl import app, flags
 
-from asl_jax import cli
+from asl_jax import cli, flops
 
 WORKLOADS = ("train", "input", "e2e", "embed", "search")
-# Dense peak TFLOP/s per chip, (bf16, fp32), from the vendors' data sheets (no
-# sparsity; fp32 without TF32). Matched as substrings of jax's device_kind.
-PEAK_TFLOPS = {
-    "H200": (989.4, 66.9), "H100": (989.4, 66.9), "A100": (312.0, 19.5),
-    "L4": (121.0, 30.3), "V100": (125.0, 15.7),
-    "TPU v6": (918.0, None), "TPU v5p": (459.0, None), "TPU v5 lite": (197.0, None),
-    "TPU v5e": (197.0, None), "TPU v4": (275.0, None),
-}
+PEAK_TFLOPS = flops.PEAK_TFLOPS  # Dense peak TFLOP/s per chip, (bf16, fp32).
 
 
 def _define_flags():
@@ -112,14 +107,7 @@ def percentiles(seconds):
   return {"p10_ms": float(p10), "p50_ms": float(p50), "p90_ms": float(p90)}
 
 
-def peak_tflops(device_kind: str, dtype: str, override: float = 0.0):
-  """Peak dense TFLOP/s of one device for the compute dtype, or None."""
-  if override:
-    return override
-  for name, (bf16, fp32) in PEAK_TFLOPS.items():
-    if name.lower() in device_kind.lower():
-      return bf16 if dtype in ("bfloat16", "float16") else fp32
-  return None
+peak_tflops = flops.peak_tflops
 
 
 def mfu(flops_per_step: float, step_seconds: float, peak: float | None):
@@ -172,7 +160,7 @@ def bench_train(config, num_classes, steps, warmup, peak):
   t0 = time.perf_counter()
   compiled = update.lower(state, batch, rng).compile()
   compile_s = time.perf_counter() - t0
-  flops = compiled_flops(compiled)  # Of one device's program.
+  counted = flops.step_report(config, num_classes, update, state, batch, rng, compiled)
   holder = {"state": state}
 
   def step():
@@ -183,17 +171,18 @@ def bench_train(config, num_classes, steps, warmup, peak):
   seconds = time_each(step, steps, jax.block_until_ready)
   images = config.data.ids_per_batch * config.data.views_per_id
   row = {"workload": "train", "framework": "asl_jax", "batch": images,
-         "compile_s": compile_s, "flops_per_step_per_device": flops,
-         **_rates(images, seconds, flops, peak)}
+         "compile_s": compile_s, **counted,
+         "flops_per_step_per_device": counted["model_flops_per_step_per_device"],
+         **_rates(images, seconds, counted["model_flops_per_step_per_device"], peak)}
   return row, (compiled, holder["state"], rng)
 
 
-def _rates(images, seconds, flops=None, peak=None):
+def _rates(images, seconds, flop=None, peak=None):
   import numpy as np
   t = percentiles(seconds)
   row = {"images_per_s": images / float(np.median(seconds)), **t}
-  if flops and np.isfinite(flops):
-    row["tflops_per_s"], row["mfu"] = mfu(flops, float(np.median(seconds)), peak)
+  if flop and np.isfinite(flop):
+    row["tflops_per_s"], row["mfu"] = mfu(flop, float(np.median(seconds)), peak)
   return row
 
 
@@ -215,14 +204,15 @@ def bench_embed(config, steps, warmup):
   t0 = time.perf_counter()
   compiled = embed.lower(params, stats, images).compile()
   compile_s = time.perf_counter() - t0
-  flops = compiled_flops(compiled)
+  counted = flops.count_fn(embed, params, stats, images).total / jax.device_count()
   call = lambda: compiled(params, stats, images)
   for _ in range(warmup):
     jax.block_until_ready(call())
   seconds = time_each(call, steps, jax.block_until_ready)
   return {"workload": "embed", "framework": "asl_jax", "batch": n, "image_size": size,
-          "compile_s": compile_s, "flops_per_step_per_device": flops,
-          **_rates(n, seconds, flops, None)}
+          "compile_s": compile_s, "flops_per_step_per_device": counted,
+          "xla_cost_analysis_flops_per_step_per_device": compiled_flops(compiled),
+          **_rates(n, seconds, counted, None)}
 
 
 def prepare_data(config, fake_train: int, root: str):
@@ -333,7 +323,7 @@ def bench_search(qrd, k):
 
 
 # --------------------------------------------------------------- the torch --
-def _torch_train(config, num_classes, device, compiled, steps, warmup, sync, flops, peak):
+def _torch_train(config, num_classes, device, compiled, steps, warmup, sync, flop, peak):
   import numpy as np
   import torch
   from asl_jax import torch_reference
@@ -351,10 +341,10 @@ def _torch_train(config, num_classes, device, compiled, steps, warmup, sync, flo
     sync(call())
   warm_s = time.perf_counter() - t0
   seconds = time_each(call, steps, sync)
-  return {"batch": ids * k, "warmup_s": warm_s, **_rates(ids * k, seconds, flops, peak)}
+  return {"batch": ids * k, "warmup_s": warm_s, **_rates(ids * k, seconds, flop, peak)}
 
 
-def _torch_embed(config, device, compiled, steps, warmup, sync, flops):
+def _torch_embed(config, device, compiled, steps, warmup, sync, flop):
   import numpy as np
   import torch
   from asl_jax import torch_reference
@@ -370,7 +360,7 @@ def _torch_embed(config, device, compiled, steps, warmup, sync, flops):
   for _ in range(warmup):
     sync(call())
   seconds = time_each(call, steps, sync)
-  return {"batch": n, "image_size": size, **_rates(n, seconds, flops, None)}
+  return {"batch": n, "image_size": size, **_rates(n, seconds, flop, None)}
 
 
 def torch_rows(config, workloads, num_classes, steps, warmup, flops_train, flops_embed, peak,
@@ -435,7 +425,7 @@ def run(config, request: Request, *, steps=20, warmup=3, num_classes=100_000,
   if "train" in workloads or "e2e" in workloads:
     log("train: compiling and timing the update on device-resident data")
     row, trained = bench_train(config, classes, steps, warmup, peak)
-    in_memory, flops_train = row["images_per_s"], row["flops_per_step_per_device"]
+    in_memory, flops_train = row["images_per_s"], row["model_flops_per_step_per_device"]
     if "train" in workloads:
       rows.append(row)
   if "embed" in workloads:
