@@ -15,9 +15,11 @@ Workloads:
   e2e     the update fed by that pipeline (config's data.num_workers), and its
           share of the in-memory rate (below 1: input-bound);
   embed   descriptor extraction at the evaluation size and batch;
-  search  exact k-NN of Q x R x D float32 descriptors, the project's JAX path
-          and faiss, with the agreement of their top-k (--search Q,R,D;
-          default 50000,1000000,256 on accelerators, 2000,100000,256 on CPU).
+  search  exact k-NN of Q x R x D float32 descriptors: the project's JAX search
+          (bfloat16 shortlist, exact float32 re-ranking), the float32 scan it
+          must agree with, and faiss where installed (asl_jax/bench_search.py;
+          --search Q,R,D; default 50000,1000000,256 on accelerators,
+          2000,100000,256 on CPU).
 
 --compare torch adds the same model and step in PyTorch (asl_jax/torch_reference.py)
 eager and under torch.compile, timed by the same harness (train and embed), and
@@ -296,32 +298,6 @@ def bench_e2e(config, builder, trained, steps, warmup, in_memory_rate):
   return row
 
 
-def bench_search(qrd, k):
-  import faiss
-  import numpy as np
-  from asl_jax.evaluation import jax_search, search
-  q, r, d = qrd
-  rs = np.random.default_rng(0)
-  refs = search.l2_normalize(rs.standard_normal((r, d), np.float32))
-  queries = search.l2_normalize(rs.standard_normal((q, d), np.float32))
-  index = jax_search.ReferenceIndex(refs, "ip")
-  index.search(queries[:index.default_query_block], k)  # Compiles.
-  t0 = time.perf_counter()
-  _, got = index.search(queries, k)
-  jax_s = time.perf_counter() - t0
-  flat = faiss.IndexFlatIP(d)
-  flat.add(refs)
-  t0 = time.perf_counter()
-  _, want = flat.search(queries, k)
-  faiss_s = time.perf_counter() - t0
-  agree = float(np.mean(got == want))
-  common = {"workload": "search", "queries": q, "references": r, "dim": d, "k": k,
-            "top_k_agreement": agree}
-  return [{**common, "framework": "asl_jax", "seconds": jax_s, "queries_per_s": q / jax_s},
-          {**common, "framework": f"faiss-cpu IndexFlatIP ({faiss.omp_get_max_threads()} "
-           "threads)", "seconds": faiss_s, "queries_per_s": q / faiss_s}]
-
-
 # --------------------------------------------------------------- the torch --
 def _torch_train(config, num_classes, device, compiled, steps, warmup, sync, flop, peak):
   import numpy as np
@@ -447,7 +423,8 @@ def run(config, request: Request, *, steps=20, warmup=3, num_classes=100_000,
   if "search" in workloads:
     qrd = request.search or ((2000, 100_000, 256) if on_cpu else (50_000, 1_000_000, 256))
     log(f"search: exact {qrd[0]} x {qrd[1]} x {qrd[2]}, top-{k}")
-    rows.extend(bench_search(qrd, k))
+    from asl_jax.bench_search import bench_search
+    rows.extend(bench_search(qrd, k, log=log))
   if request.compare:
     import torch
     result["versions"]["torch"] = torch.__version__

@@ -126,7 +126,8 @@ def test_every_workload_at_a_tiny_size_writes_the_promised_json(tiny_builder, da
   assert {w for (kind, _, w) in rows if kind == "input"} == {0, 1}
   assert 0 < rows[("e2e", "asl_jax", 0)]["share_of_in_memory"] < 5
   search = [r for r in result["rows"] if r["workload"] == "search"]
-  assert len(search) == 2 and all(r["top_k_agreement"] == 1.0 for r in search)
+  assert len(search) == 3 and all(r["top_k_agreement"] == 1.0 for r in search)
+  assert search[0]["recomputed_queries"] >= 0 and search[0]["framework"].startswith("asl_jax")
   for kind in ("train", "embed"):
     eager = rows[(kind, "torch eager", None)]
     assert eager["images_per_s"] > 0 and eager["asl_jax_over_this"] > 0, eager
