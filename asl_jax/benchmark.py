@@ -15,6 +15,9 @@ Workloads:
   e2e     the update fed by that pipeline (config's data.num_workers), and its
           share of the in-memory rate (below 1: input-bound);
   embed   descriptor extraction at the evaluation size and batch;
+  embed_files  evaluation embedding from JPEG files end to end (Grain decoding
+          in 0 and W worker processes; asl_jax/bench_embed_files.py;
+          --embed_files_images N, --embed_workers);
   search  exact k-NN of Q x R x D float32 descriptors: the project's JAX search
           (bfloat16 shortlist, exact float32 re-ranking), the float32 scan it
           must agree with, and faiss where installed (asl_jax/bench_search.py;
@@ -40,7 +43,7 @@ from absl import app, flags
 
 from asl_jax import cli, flops
 
-WORKLOADS = ("train", "input", "e2e", "embed", "search")
+WORKLOADS = ("train", "input", "e2e", "embed", "embed_files", "search")
 PEAK_TFLOPS = flops.PEAK_TFLOPS  # Dense peak TFLOP/s per chip, (bf16, fp32).
 
 
@@ -48,7 +51,8 @@ def _define_flags():
   """The command line's flags (defined when it runs, so that scripts can import
   this module with flags of their own)."""
   global _CONFIG, _ONLY, _COMPARE, _JSON, _STEPS, _WARMUP, _CLASSES, _WORKERS, _BATCHES
-  global _SEARCH, _K, _PEAK, _FAKE, _FAKE_ROOT, _TORCH_COMPILE, _MULTIHOST
+  global _SEARCH, _K, _PEAK, _FAKE, _FAKE_ROOT, _TORCH_COMPILE, _MULTIHOST, _EF_N, _EF_W
+  global _TORCH_MAX
   _CONFIG = cli.define_config_flag()
   _ONLY = flags.DEFINE_list("only", list(WORKLOADS), f"Workloads, from {', '.join(WORKLOADS)}.")
   _COMPARE = flags.DEFINE_list("compare", [], "Frameworks to compare with: torch.")
@@ -69,7 +73,13 @@ def _define_flags():
   _FAKE_ROOT = flags.DEFINE_string("fake_root", "/tmp/asl_bench_data", "Where --fake_train goes.")
   _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", True, "With --compare torch, also time "
                                      "torch.compile (minutes of compilation on a CPU).")
+  _TORCH_MAX = flags.DEFINE_bool("torch_max_autotune", False, "With --compare torch, also "
+                                 "time torch.compile(mode='max-autotune') (many minutes).")
   _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+  _EF_N = flags.DEFINE_integer("embed_files_images", 0, "JPEGs of the embed_files workload "
+                               "(default 16,384 on accelerators, 512 on CPU).")
+  _EF_W = flags.DEFINE_list("embed_workers", [], "Worker processes of the embed_files rows "
+                            "(default: 0 and all cores; -1 = all cores).")
 
 
 class Request:
@@ -340,15 +350,19 @@ def _torch_embed(config, device, compiled, steps, warmup, sync, flop):
 
 
 def torch_rows(config, workloads, num_classes, steps, warmup, flops_train, flops_embed, peak,
-               with_compile=True):
-  """The train and embed rows of PyTorch, eager and (with_compile) compiled;
-  a failure is a row with its error, not the end of the run."""
+               with_compile=True, max_autotune=False):
+  """The train and embed rows of PyTorch, eager, (with_compile) under
+  torch.compile's default mode and (max_autotune) its max-autotune mode; a
+  failure is a row with its error, not the end of the run."""
   import torch
   device = "cuda" if torch.cuda.is_available() else "cpu"
   sync = (lambda _: torch.cuda.synchronize()) if device == "cuda" else (lambda _: None)
   rows = []
-  for compiled in (False, True) if with_compile else (False,):
-    name = "torch.compile" if compiled else "torch eager"
+  modes = [False] + (["default"] if with_compile else []) + (
+      ["max-autotune"] if max_autotune else [])
+  for compiled in modes:
+    name = {False: "torch eager", "default": "torch.compile",
+            "max-autotune": "torch.compile max-autotune"}[compiled]
     jobs = []
     if "train" in workloads:
       jobs.append(("train", lambda c=compiled: _torch_train(
@@ -370,7 +384,8 @@ def torch_rows(config, workloads, num_classes, steps, warmup, flops_train, flops
 def run(config, request: Request, *, steps=20, warmup=3, num_classes=100_000,
         input_workers=None, input_batches=20, peak_override=0.0, fake_train=0,
         fake_root="/tmp/asl_bench_data", config_name="", overrides=(), k=10,
-        torch_compile=True, log=print) -> dict:
+        torch_compile=True, embed_files_images=0, embed_workers=(), torch_max_autotune=False,
+        log=print) -> dict:
   """Measures the requested workloads; returns the JSON-able results."""
   import flax
   import jax
@@ -409,6 +424,12 @@ def run(config, request: Request, *, steps=20, warmup=3, num_classes=100_000,
     row = bench_embed(config, steps, warmup)
     flops_embed = row["flops_per_step_per_device"]
     rows.append(row)
+  if "embed_files" in workloads:
+    from asl_jax.bench_embed_files import bench_embed_files
+    n = embed_files_images or (512 if on_cpu else 16384)
+    workers = [int(w) for w in embed_workers] or [0, os.cpu_count() or 1]
+    log(f"embed_files: evaluation embedding of {n} JPEG files at {workers} workers")
+    rows.extend(bench_embed_files(config, n, workers, log=log))
   if "input" in workloads or "e2e" in workloads:
     builder = prepare_data(config, fake_train, fake_root)
     if "input" in workloads:
@@ -427,11 +448,19 @@ def run(config, request: Request, *, steps=20, warmup=3, num_classes=100_000,
     rows.extend(bench_search(qrd, k, log=log))
   if request.compare:
     import torch
+    from asl_jax import torch_reference
     result["versions"]["torch"] = torch.__version__
+    result["computes"] = torch_reference.COMPUTES
+    result["differences"] = torch_reference.DIFFERENCES
+    result["tf32"] = ("allowed on both sides: JAX's default matmul precision lets XLA use TF32 "
+                      "for float32 dots and convolutions on GPUs; torch sets "
+                      "backends.cuda.matmul.allow_tf32 and cudnn.allow_tf32 (most work is "
+                      "bf16 either way)")
+    result["grad_norm_computed"] = {"asl_jax": True, "torch": True}
     log("torch: the same model and step, eager and torch.compile")
     flops_per_device = (flops_train * jax.device_count()) if flops_train else None
     rows.extend(torch_rows(config, workloads, classes, steps, warmup, flops_per_device,
-                           flops_embed, peak, torch_compile))
+                           flops_embed, peak, torch_compile, torch_max_autotune))
     for row in rows:
       if row.get("framework", "").startswith("torch") and "images_per_s" in row:
         mine = next((r for r in rows if r["workload"] == row["workload"]
@@ -455,6 +484,8 @@ def format_table(result: dict) -> str:
       what = f"{r['source']}, {r['workers']} workers"
     if r["workload"] == "e2e":
       what = f"fed by Grain, {r['workers']} workers"
+    if r["workload"] == "embed_files":
+      what = f"JPEG files, {r['workers']} workers"
     if "error" in r:
       lines.append(f"{r['workload']:<8} {what:<34} failed: {r['error']}")
       continue
@@ -490,6 +521,8 @@ def main(argv):
                  fake_train=_FAKE.value, fake_root=_FAKE_ROOT.value,
                  config_name=flags.FLAGS["config"].config_filename, overrides=overrides,
                  k=_K.value, torch_compile=_TORCH_COMPILE.value,
+                 embed_files_images=_EF_N.value, embed_workers=_EF_W.value,
+                 torch_max_autotune=_TORCH_MAX.value,
                  log=lambda m: print(m, file=sys.stderr, flush=True)
                  if jax.process_index() == 0 else None)
   except UserError as e:
