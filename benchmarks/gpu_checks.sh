@@ -41,7 +41,7 @@ if [ -n "$smoke" ]; then
   wide=("${tiny[@]}" --config.data.ids_per_batch=16 --num_classes 100 --steps 2 --warmup 1)
   rs=("${tiny[@]}" --config.data.ids_per_batch=16 --config.train.num_chunks=4
       --config.loss.rs_chunk=16 --steps 2 --warmup 1)
-  search=400,20000,32; files=(--embed_files_images 96 --embed_workers 0,2); fake=64; views=2
+  search=400,20000,32; files=(--embed_files_images 96 --embed_workers 0,2); fake=64; views=4
   autotune=(--torch_compile=false)  # max-autotune compiles for many minutes on a CPU.
 else
   train=(--num_classes 100000 --steps 20 --warmup 3)
@@ -66,11 +66,11 @@ data=/tmp/asl_bench_data
 step d_prepare 120 "$py" -m asl_jax.benchmark --config configs/asl.py:ndec --only input \
   --fake_train "$fake" --fake_root "$data" --input_workers "$cores" --input_batches 2 "${train[@]}"
 step d_pregenerate 120 "$py" -m asl_jax.pregenerate --config configs/asl.py:ndec \
-  --out /tmp/asl_views --views "$views" --config.data.manual_dir="$data/manual" \
+  --out /tmp/asl_views_$views --views "$views" --config.data.manual_dir="$data/manual" \
   --config.data.data_dir="$data/data" --config.data.train_every=1 \
   "${tiny[@]+"${tiny[@]}"}"
 bench d_e2e_views 200 --config configs/asl.py:ndec --only train,e2e --fake_train "$fake" \
-  --fake_root "$data" --config.data.views_dir=/tmp/asl_views "${train[@]}"
+  --fake_root "$data" --config.data.views_dir=/tmp/asl_views_$views "${train[@]}"
 # (e) The rest: 64 x 4, RS@k's two-pass step (model vs executed FLOPs), torch max-autotune.
 bench e_ndec_64x4 200 --config configs/asl.py:ndec --only train "${wide[@]}"
 bench e_rs_two_pass 200 --config configs/recall_surrogate.py:ndec_sym_asl --only train "${rs[@]}"

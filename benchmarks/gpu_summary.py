@@ -45,7 +45,7 @@ def _train_line(result, label):
   per_image = mine.get("model_flops_per_image")
   target = ">= 1.0x torch.compile (1.3x stretch)"
   met = "-" if ratio is None else ("yes" if ratio >= 1.0 else "no") + f" ({ratio:.2f}x)"
-  extra = f"; {per_image / 1e9:.1f} GFLOP/image" if per_image else ""
+  extra = f"; {per_image / 1e9:.3g} GFLOP/image" if per_image else ""
   return [label, cell + extra, _rate(eager), _rate(comp), _rate(auto), target, met]
 
 
