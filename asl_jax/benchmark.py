@@ -6,16 +6,23 @@
 Workloads:
   train   the config's jitted update on device-resident data (the number that
           compares across frameworks): images/s, step-time percentiles, the
-          compiled step's FLOPs (XLA's cost analysis), TFLOP/s and MFU;
+          the step's FLOPs counted from its jaxpr (asl_jax/flops.py: model FLOPs,
+          which MFU uses, and executed FLOPs with a two-pass recompute; XLA's
+          cost analysis beside them), TFLOP/s and MFU;
   input   the Grain training pipeline alone (decode, crops, online edit chain;
           or pre-generated views with --config.data.views_dir) at 0, several
           and all worker processes;
   e2e     the update fed by that pipeline (config's data.num_workers), and its
           share of the in-memory rate (below 1: input-bound);
   embed   descriptor extraction at the evaluation size and batch;
-  search  exact k-NN of Q x R x D float32 descriptors, the project's JAX path
-          and faiss, with the agreement of their top-k (--search Q,R,D;
-          default 50000,1000000,256 on accelerators, 2000,100000,256 on CPU).
+  embed_files  evaluation embedding from JPEG files end to end (Grain decoding
+          in 0 and W worker processes; asl_jax/bench_embed_files.py;
+          --embed_files_images N, --embed_workers);
+  search  exact k-NN of Q x R x D float32 descriptors: the project's JAX search
+          (bfloat16 shortlist, exact float32 re-ranking), the float32 scan it
+          must agree with, and faiss where installed (asl_jax/bench_search.py;
+          --search Q,R,D; default 50000,1000000,256 on accelerators,
+          2000,100000,256 on CPU).
 
 --compare torch adds the same model and step in PyTorch (asl_jax/torch_reference.py)
 eager and under torch.compile, timed by the same harness (train and embed), and
@@ -34,24 +41,18 @@ import time
 
 from absl import app, flags
 
-from asl_jax import cli
+from asl_jax import cli, flops
 
-WORKLOADS = ("train", "input", "e2e", "embed", "search")
-# Dense peak TFLOP/s per chip, (bf16, fp32), from the vendors' data sheets (no
-# sparsity; fp32 without TF32). Matched as substrings of jax's device_kind.
-PEAK_TFLOPS = {
-    "H200": (989.4, 66.9), "H100": (989.4, 66.9), "A100": (312.0, 19.5),
-    "L4": (121.0, 30.3), "V100": (125.0, 15.7),
-    "TPU v6": (918.0, None), "TPU v5p": (459.0, None), "TPU v5 lite": (197.0, None),
-    "TPU v5e": (197.0, None), "TPU v4": (275.0, None),
-}
+WORKLOADS = ("train", "input", "e2e", "embed", "embed_files", "search")
+PEAK_TFLOPS = flops.PEAK_TFLOPS  # Dense peak TFLOP/s per chip, (bf16, fp32).
 
 
 def _define_flags():
   """The command line's flags (defined when it runs, so that scripts can import
   this module with flags of their own)."""
   global _CONFIG, _ONLY, _COMPARE, _JSON, _STEPS, _WARMUP, _CLASSES, _WORKERS, _BATCHES
-  global _SEARCH, _K, _PEAK, _FAKE, _FAKE_ROOT, _TORCH_COMPILE, _MULTIHOST
+  global _SEARCH, _K, _PEAK, _FAKE, _FAKE_ROOT, _TORCH_COMPILE, _MULTIHOST, _EF_N, _EF_W
+  global _TORCH_MAX
   _CONFIG = cli.define_config_flag()
   _ONLY = flags.DEFINE_list("only", list(WORKLOADS), f"Workloads, from {', '.join(WORKLOADS)}.")
   _COMPARE = flags.DEFINE_list("compare", [], "Frameworks to compare with: torch.")
@@ -72,7 +73,13 @@ def _define_flags():
   _FAKE_ROOT = flags.DEFINE_string("fake_root", "/tmp/asl_bench_data", "Where --fake_train goes.")
   _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", True, "With --compare torch, also time "
                                      "torch.compile (minutes of compilation on a CPU).")
+  _TORCH_MAX = flags.DEFINE_bool("torch_max_autotune", False, "With --compare torch, also "
+                                 "time torch.compile(mode='max-autotune') (many minutes).")
   _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+  _EF_N = flags.DEFINE_integer("embed_files_images", 0, "JPEGs of the embed_files workload "
+                               "(default 16,384 on accelerators, 512 on CPU).")
+  _EF_W = flags.DEFINE_list("embed_workers", [], "Worker processes of the embed_files rows "
+                            "(default: 0 and all cores; -1 = all cores).")
 
 
 class Request:
@@ -112,14 +119,7 @@ def percentiles(seconds):
   return {"p10_ms": float(p10), "p50_ms": float(p50), "p90_ms": float(p90)}
 
 
-def peak_tflops(device_kind: str, dtype: str, override: float = 0.0):
-  """Peak dense TFLOP/s of one device for the compute dtype, or None."""
-  if override:
-    return override
-  for name, (bf16, fp32) in PEAK_TFLOPS.items():
-    if name.lower() in device_kind.lower():
-      return bf16 if dtype in ("bfloat16", "float16") else fp32
-  return None
+peak_tflops = flops.peak_tflops
 
 
 def mfu(flops_per_step: float, step_seconds: float, peak: float | None):
@@ -172,7 +172,7 @@ def bench_train(config, num_classes, steps, warmup, peak):
   t0 = time.perf_counter()
   compiled = update.lower(state, batch, rng).compile()
   compile_s = time.perf_counter() - t0
-  flops = compiled_flops(compiled)  # Of one device's program.
+  counted = flops.step_report(config, num_classes, update, state, batch, rng, compiled)
   holder = {"state": state}
 
   def step():
@@ -183,17 +183,18 @@ def bench_train(config, num_classes, steps, warmup, peak):
   seconds = time_each(step, steps, jax.block_until_ready)
   images = config.data.ids_per_batch * config.data.views_per_id
   row = {"workload": "train", "framework": "asl_jax", "batch": images,
-         "compile_s": compile_s, "flops_per_step_per_device": flops,
-         **_rates(images, seconds, flops, peak)}
+         "compile_s": compile_s, **counted,
+         "flops_per_step_per_device": counted["model_flops_per_step_per_device"],
+         **_rates(images, seconds, counted["model_flops_per_step_per_device"], peak)}
   return row, (compiled, holder["state"], rng)
 
 
-def _rates(images, seconds, flops=None, peak=None):
+def _rates(images, seconds, flop=None, peak=None):
   import numpy as np
   t = percentiles(seconds)
   row = {"images_per_s": images / float(np.median(seconds)), **t}
-  if flops and np.isfinite(flops):
-    row["tflops_per_s"], row["mfu"] = mfu(flops, float(np.median(seconds)), peak)
+  if flop and np.isfinite(flop):
+    row["tflops_per_s"], row["mfu"] = mfu(flop, float(np.median(seconds)), peak)
   return row
 
 
@@ -215,14 +216,15 @@ def bench_embed(config, steps, warmup):
   t0 = time.perf_counter()
   compiled = embed.lower(params, stats, images).compile()
   compile_s = time.perf_counter() - t0
-  flops = compiled_flops(compiled)
+  counted = flops.count_fn(embed, params, stats, images).total / jax.device_count()
   call = lambda: compiled(params, stats, images)
   for _ in range(warmup):
     jax.block_until_ready(call())
   seconds = time_each(call, steps, jax.block_until_ready)
   return {"workload": "embed", "framework": "asl_jax", "batch": n, "image_size": size,
-          "compile_s": compile_s, "flops_per_step_per_device": flops,
-          **_rates(n, seconds, flops, None)}
+          "compile_s": compile_s, "flops_per_step_per_device": counted,
+          "xla_cost_analysis_flops_per_step_per_device": compiled_flops(compiled),
+          **_rates(n, seconds, counted, None)}
 
 
 def prepare_data(config, fake_train: int, root: str):
@@ -306,34 +308,8 @@ def bench_e2e(config, builder, trained, steps, warmup, in_memory_rate):
   return row
 
 
-def bench_search(qrd, k):
-  import faiss
-  import numpy as np
-  from asl_jax.evaluation import jax_search, search
-  q, r, d = qrd
-  rs = np.random.default_rng(0)
-  refs = search.l2_normalize(rs.standard_normal((r, d), np.float32))
-  queries = search.l2_normalize(rs.standard_normal((q, d), np.float32))
-  index = jax_search.ReferenceIndex(refs, "ip")
-  index.search(queries[:index.default_query_block], k)  # Compiles.
-  t0 = time.perf_counter()
-  _, got = index.search(queries, k)
-  jax_s = time.perf_counter() - t0
-  flat = faiss.IndexFlatIP(d)
-  flat.add(refs)
-  t0 = time.perf_counter()
-  _, want = flat.search(queries, k)
-  faiss_s = time.perf_counter() - t0
-  agree = float(np.mean(got == want))
-  common = {"workload": "search", "queries": q, "references": r, "dim": d, "k": k,
-            "top_k_agreement": agree}
-  return [{**common, "framework": "asl_jax", "seconds": jax_s, "queries_per_s": q / jax_s},
-          {**common, "framework": f"faiss-cpu IndexFlatIP ({faiss.omp_get_max_threads()} "
-           "threads)", "seconds": faiss_s, "queries_per_s": q / faiss_s}]
-
-
 # --------------------------------------------------------------- the torch --
-def _torch_train(config, num_classes, device, compiled, steps, warmup, sync, flops, peak):
+def _torch_train(config, num_classes, device, compiled, steps, warmup, sync, flop, peak):
   import numpy as np
   import torch
   from asl_jax import torch_reference
@@ -351,10 +327,10 @@ def _torch_train(config, num_classes, device, compiled, steps, warmup, sync, flo
     sync(call())
   warm_s = time.perf_counter() - t0
   seconds = time_each(call, steps, sync)
-  return {"batch": ids * k, "warmup_s": warm_s, **_rates(ids * k, seconds, flops, peak)}
+  return {"batch": ids * k, "warmup_s": warm_s, **_rates(ids * k, seconds, flop, peak)}
 
 
-def _torch_embed(config, device, compiled, steps, warmup, sync, flops):
+def _torch_embed(config, device, compiled, steps, warmup, sync, flop):
   import numpy as np
   import torch
   from asl_jax import torch_reference
@@ -370,19 +346,23 @@ def _torch_embed(config, device, compiled, steps, warmup, sync, flops):
   for _ in range(warmup):
     sync(call())
   seconds = time_each(call, steps, sync)
-  return {"batch": n, "image_size": size, **_rates(n, seconds, flops, None)}
+  return {"batch": n, "image_size": size, **_rates(n, seconds, flop, None)}
 
 
 def torch_rows(config, workloads, num_classes, steps, warmup, flops_train, flops_embed, peak,
-               with_compile=True):
-  """The train and embed rows of PyTorch, eager and (with_compile) compiled;
-  a failure is a row with its error, not the end of the run."""
+               with_compile=True, max_autotune=False):
+  """The train and embed rows of PyTorch, eager, (with_compile) under
+  torch.compile's default mode and (max_autotune) its max-autotune mode; a
+  failure is a row with its error, not the end of the run."""
   import torch
   device = "cuda" if torch.cuda.is_available() else "cpu"
   sync = (lambda _: torch.cuda.synchronize()) if device == "cuda" else (lambda _: None)
   rows = []
-  for compiled in (False, True) if with_compile else (False,):
-    name = "torch.compile" if compiled else "torch eager"
+  modes = [False] + (["default"] if with_compile else []) + (
+      ["max-autotune"] if max_autotune else [])
+  for compiled in modes:
+    name = {False: "torch eager", "default": "torch.compile",
+            "max-autotune": "torch.compile max-autotune"}[compiled]
     jobs = []
     if "train" in workloads:
       jobs.append(("train", lambda c=compiled: _torch_train(
@@ -404,7 +384,8 @@ def torch_rows(config, workloads, num_classes, steps, warmup, flops_train, flops
 def run(config, request: Request, *, steps=20, warmup=3, num_classes=100_000,
         input_workers=None, input_batches=20, peak_override=0.0, fake_train=0,
         fake_root="/tmp/asl_bench_data", config_name="", overrides=(), k=10,
-        torch_compile=True, log=print) -> dict:
+        torch_compile=True, embed_files_images=0, embed_workers=(), torch_max_autotune=False,
+        log=print) -> dict:
   """Measures the requested workloads; returns the JSON-able results."""
   import flax
   import jax
@@ -435,7 +416,7 @@ def run(config, request: Request, *, steps=20, warmup=3, num_classes=100_000,
   if "train" in workloads or "e2e" in workloads:
     log("train: compiling and timing the update on device-resident data")
     row, trained = bench_train(config, classes, steps, warmup, peak)
-    in_memory, flops_train = row["images_per_s"], row["flops_per_step_per_device"]
+    in_memory, flops_train = row["images_per_s"], row["model_flops_per_step_per_device"]
     if "train" in workloads:
       rows.append(row)
   if "embed" in workloads:
@@ -443,6 +424,12 @@ def run(config, request: Request, *, steps=20, warmup=3, num_classes=100_000,
     row = bench_embed(config, steps, warmup)
     flops_embed = row["flops_per_step_per_device"]
     rows.append(row)
+  if "embed_files" in workloads:
+    from asl_jax.bench_embed_files import bench_embed_files
+    n = embed_files_images or (512 if on_cpu else 16384)
+    workers = [int(w) for w in embed_workers] or [0, os.cpu_count() or 1]
+    log(f"embed_files: evaluation embedding of {n} JPEG files at {workers} workers")
+    rows.extend(bench_embed_files(config, n, workers, log=log))
   if "input" in workloads or "e2e" in workloads:
     builder = prepare_data(config, fake_train, fake_root)
     if "input" in workloads:
@@ -457,14 +444,23 @@ def run(config, request: Request, *, steps=20, warmup=3, num_classes=100_000,
   if "search" in workloads:
     qrd = request.search or ((2000, 100_000, 256) if on_cpu else (50_000, 1_000_000, 256))
     log(f"search: exact {qrd[0]} x {qrd[1]} x {qrd[2]}, top-{k}")
-    rows.extend(bench_search(qrd, k))
+    from asl_jax.bench_search import bench_search
+    rows.extend(bench_search(qrd, k, log=log))
   if request.compare:
     import torch
+    from asl_jax import torch_reference
     result["versions"]["torch"] = torch.__version__
+    result["computes"] = torch_reference.COMPUTES
+    result["differences"] = torch_reference.DIFFERENCES
+    result["tf32"] = ("allowed on both sides: JAX's default matmul precision lets XLA use TF32 "
+                      "for float32 dots and convolutions on GPUs; torch sets "
+                      "backends.cuda.matmul.allow_tf32 and cudnn.allow_tf32 (most work is "
+                      "bf16 either way)")
+    result["grad_norm_computed"] = {"asl_jax": True, "torch": True}
     log("torch: the same model and step, eager and torch.compile")
     flops_per_device = (flops_train * jax.device_count()) if flops_train else None
     rows.extend(torch_rows(config, workloads, classes, steps, warmup, flops_per_device,
-                           flops_embed, peak, torch_compile))
+                           flops_embed, peak, torch_compile, torch_max_autotune))
     for row in rows:
       if row.get("framework", "").startswith("torch") and "images_per_s" in row:
         mine = next((r for r in rows if r["workload"] == row["workload"]
@@ -488,6 +484,8 @@ def format_table(result: dict) -> str:
       what = f"{r['source']}, {r['workers']} workers"
     if r["workload"] == "e2e":
       what = f"fed by Grain, {r['workers']} workers"
+    if r["workload"] == "embed_files":
+      what = f"JPEG files, {r['workers']} workers"
     if "error" in r:
       lines.append(f"{r['workload']:<8} {what:<34} failed: {r['error']}")
       continue
@@ -524,6 +522,8 @@ def main(argv):
                  fake_train=_FAKE.value, fake_root=_FAKE_ROOT.value,
                  config_name=flags.FLAGS["config"].config_filename, overrides=overrides,
                  k=_K.value, torch_compile=_TORCH_COMPILE.value,
+                 embed_files_images=_EF_N.value, embed_workers=_EF_W.value,
+                 torch_max_autotune=_TORCH_MAX.value,
                  log=lambda m: print(m, file=sys.stderr, flush=True)
                  if jax.process_index() == 0 else None)
   except UserError as e:

@@ -33,7 +33,8 @@ _K = flags.DEFINE_integer("k", 10, "Nearest references per query.")
 _BUDGET = flags.DEFINE_string("global_budget", None,
                               "Keep the N best pairs overall; 'auto' = 10 x queries in GT.")
 _METRIC = flags.DEFINE_enum("metric", "ip", ["ip", "l2"], "Similarity.")
-_BACKEND = flags.DEFINE_enum("backend", "faiss", ["faiss", "jax"], "Search backend.")
+_BACKEND = flags.DEFINE_enum("backend", "auto", ["auto", "faiss", "jax"], "Search backend "
+                             "(auto: faiss on a CPU host that has it, else jax).")
 _INDEX = flags.DEFINE_string("index", "Flat", "faiss index-factory string.")
 _PCA = flags.DEFINE_integer("pca_dim", 0, "PCA-whiten to this many dimensions.")
 _SN = flags.DEFINE_enum("score_norm", "none", ["none", "sscd", "isc"], "Score normalisation.")

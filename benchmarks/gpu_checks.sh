@@ -1,80 +1,83 @@
 #!/usr/bin/env bash
-# The checks run on a lent GPU machine (see README, "Measured results").
-# Expects the carried wheels installed and PYTHONPATH set (README, GPU).
+# The one prepared script of measurements on a lent GPU machine (no network;
+# the wheels installed beforehand, PYTHONPATH set to the checkout). Steps run in
+# order of importance, each under `timeout` and within one overall budget
+# (GPU_CHECKS_BUDGET seconds, default 420, for everything before the photos
+# hook), so that a cut-off run has printed the most important numbers; all
+# output is teed into $OUT, and ONE summary table ends the run.
+#
+#   bash benchmarks/gpu_checks.sh                    # on the GPU host
+#   GPU_CHECKS_SMOKE=1 bash benchmarks/gpu_checks.sh # every step at tiny sizes (CPU dry run)
 set -u
 export PYTHONUNBUFFERED=1 TFDS_DATA_DIR=${TFDS_DATA_DIR:-/tmp/tfds}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
-nvidia-smi -L
-echo "== 0. python -m asl_jax.benchmark: the paper recipe at 32 x 4 and 64 x 4, the SSCD family,"
-echo "   RS@k at B = 4,000 in 20 chunks, each timed against PyTorch (eager, torch.compile)"
-bench() { name=$1; shift; python -m asl_jax.benchmark --json "$out/bench_$name.json" "$@" 2>&1 \
-  | grep -v "^W\|^I" | tee "$out/bench_$name.txt"; }
-bench ndec_32x4 --config configs/asl.py:ndec --only train,embed,search --compare torch \
-  --search 50000,1000000,256
-bench ndec_64x4 --config configs/asl.py:ndec --config.data.ids_per_batch=64 --only train \
-  --compare torch
-bench ndec_e2e --config configs/asl.py:ndec --only input,e2e --fake_train 2000 \
-  --input_workers 0,4,8,16
-bench sscd --config configs/asl.py:ndec_sscd --only train,embed --compare torch
-bench rs_ndec --config configs/recall_surrogate.py:ndec_sym_asl --only train --steps 5 --warmup 2
-bench demo --config configs/asl.py --only train,embed --compare torch
-echo "== 0a. where the paper recipe's step time goes (jax.profiler trace, per kernel)"
-python benchmarks/profile_step.py --config configs/asl.py:ndec --num_classes 100000 --steps 3 \
-  2>&1 | grep -v "^W\|^I" | tee "$out/profile_ndec.txt"
-if [ -z "${SKIP_THROUGHPUT:-}" ]; then
-echo "== 1. paper recipe throughput (R50, 256px, bf16, 100k-way head, norm-ratio loss)"
-python benchmarks/train_throughput.py --config configs/asl.py:ndec --batch_ids 32,64 --steps 20 \
-  2>&1 | grep -v "^W\|^I" | tee "$out/throughput.txt"
-echo "== 1a. what WaveBlock, ghost BN and the sharded head cost: compiled cost and time, each on"
-python benchmarks/step_cost.py --config configs/asl.py:ndec --timed_steps 20 \
-  2>&1 | grep -v "^W\|^I" | tee "$out/step_cost.txt"
-fi
-echo "== 1b. paper recipe end to end on a fake NDEC download (ndec/full, 20 steps)"
-python -m tfds_ndec.fake_layout /tmp/ndec_fake --num_train 512 --num_references 200 \
-  --num_queries 100 --num_copies 50 --num_pairs 32 --width 640 --height 480 --sharded >/dev/null
-/usr/bin/time -v python -m asl_jax.main --config configs/asl.py:ndec --workdir /tmp/runs/ndec_fake \
-  --config.train.total_steps=20 --config.train.log_every=5 --config.data.manual_dir=/tmp/ndec_fake \
-  --config.data.num_workers=8 2>&1 | grep -v "^W1\|^I1" | grep -v "^\s" | tee "$out/ndec_fake_gpu.txt"
-echo "== 1c. input pipeline of the paper recipe on the host's cores (256 px, 640x480 JPEGs)"
-python benchmarks/input_throughput.py --config configs/asl.py:ndec --fake_train 2000 \
-  --workers 0,4,8,-1 2>&1 | grep -v "^W\|^I" | tee "$out/input_throughput.txt"
-echo "== 1d. the same views made offline (pregenerate, all cores), then read back"
-python -m asl_jax.pregenerate --config configs/asl.py:ndec --out /tmp/asl_views \
-  --config.data.manual_dir=/tmp/asl_input_bench/manual --config.data.data_dir=/tmp/asl_input_bench/data \
-  --config.data.train_every=1 --shards 32 2>&1 | grep -v "^W\|^I" | tee "$out/pregenerate.txt"
-python benchmarks/input_throughput.py --config configs/asl.py:ndec --fake_train 2000 \
-  --workers 0,4,8,-1 --config.data.views_dir=/tmp/asl_views 2>&1 | grep -v "^W\|^I" \
-  | tee "$out/input_throughput_pregenerated.txt"
-echo "== 2. default demo on GPU"
-/usr/bin/time -v python -m asl_jax.main --config configs/asl.py --workdir /tmp/runs/demo \
-  --config.data.synthetic.num_workers=16 --config.data.num_workers=8 2>&1 \
-  | grep -v "examples/s\|Shuffling\|splits/s\|^W1\|^I1" | grep -v "^\s" | tee "$out/demo_gpu.txt"
-grep -h "Elapsed (wall" "$out/demo_gpu.txt" || true
-cp /tmp/runs/demo/metrics.json "$out/demo_metrics.json" 2>/dev/null
-echo "== 3. scaled demo: r18, 96px, 3000 steps"
-/usr/bin/time -v python -m asl_jax.main --config configs/asl.py --workdir /tmp/runs/scaled \
-  --config.data.synthetic.num_workers=16 --config.data.num_workers=14 \
-  --config.model.variant=r18 --config.model.width=64 --config.data.image_size=96 \
-  --config.model.dtype=bfloat16 --config.train.total_steps=3000 --config.train.log_every=250 \
-  --config.train.checkpoint_every=1000 --config.optim.learning_rate=1e-3 2>&1 \
-  | grep -v "examples/s\|Shuffling\|splits/s\|^W1\|^I1" | tee "$out/scaled_gpu.txt"
-cp /tmp/runs/scaled/metrics.json "$out/scaled_metrics.json" 2>/dev/null
-echo "== 4. real photos: the :photos recipe as on the CPU, then scaled up (r18, 128 px, bf16)"
-# The development set lives beside the checkout, which does not travel: copy
-# it into an ignored folder of the checkout first and name it in the run's
-# carry (e.g. cp -r ../shared/data/photo_dev .photo_dev; echo /.photo_dev/ >>
-# .git/info/exclude; carry [".whl", ".photo_dev"]).
-if [ -d .photo_dev ]; then
-for setting in "photos_cpu_recipe:" \
-    "photos_scaled:--config.model.variant=r18 --config.model.width=64 --config.data.image_size=128 --config.eval.image_size=192 --config.model.dtype=bfloat16 --config.train.total_steps=4000 --config.train.log_every=500 --config.optim.learning_rate=1e-3"; do
-  name=${setting%%:*}; args=${setting#*:}
-  # shellcheck disable=SC2086
-  /usr/bin/time -v python -m asl_jax.main --config configs/asl.py:photos --workdir /tmp/runs/$name \
-    --config.data.manual_dir=.photo_dev --config.data.num_workers=8 --config.eval.verify.workers=16 \
-    $args 2>&1 | grep -v "^W1\|^I1" | grep -v "^\s" | tee "$out/$name.txt"
-  cp /tmp/runs/$name/metrics.json "$out/${name}_metrics.json" 2>/dev/null
-done
+exec > >(tee -a "$out/gpu_checks.log") 2>&1
+budget=${GPU_CHECKS_BUDGET:-420}
+smoke=${GPU_CHECKS_SMOKE:-}
+py=${PYTHON:-python}
+start=$SECONDS
+cores=$(nproc)
+nvidia-smi -L 2>/dev/null || echo "(no nvidia-smi)"
+
+# step NAME MAX_SECONDS CMD...: runs CMD under timeout min(MAX, what is left of
+# the budget), its output filtered of absl log lines and teed into $out/NAME.txt.
+step() {
+  local name=$1 max=$2; shift 2
+  local left=$((budget - (SECONDS - start)))
+  local t=$((max < left ? max : left))
+  if [ "$t" -lt 10 ]; then echo "== $name: skipped (budget spent)"; return; fi
+  echo "== $name (timeout ${t}s): $*"
+  local t0=$SECONDS
+  timeout -k 10 "$t" "$@" 2>&1 | grep -v "^[WI][0-9]" | tee "$out/$name.txt"
+  echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s"
+}
+
+# Sizes: the real ones, or (smoke) tiny ones that run every code path on a CPU.
+if [ -n "$smoke" ]; then
+  tiny=(--config.model.variant=tiny --config.model.width=8 "--config.model.projector_dims=(32,64)"
+        --config.model.descriptor_dim=16 --config.data.image_size=32 --config.eval.batch_size=32)
+  train=("${tiny[@]}" --config.data.ids_per_batch=8 --num_classes 100 --steps 2 --warmup 1)
+  wide=("${tiny[@]}" --config.data.ids_per_batch=16 --num_classes 100 --steps 2 --warmup 1)
+  rs=("${tiny[@]}" --config.data.ids_per_batch=16 --config.train.num_chunks=4
+      --config.loss.rs_chunk=16 --steps 2 --warmup 1)
+  search=400,20000,32; files=(--embed_files_images 96 --embed_workers 0,2); fake=64; views=4
+  autotune=(--torch_compile=false)  # max-autotune compiles for many minutes on a CPU.
 else
-  echo "(skipped: no .photo_dev in the checkout)"
+  train=(--num_classes 100000 --steps 20 --warmup 3)
+  wide=(--config.data.ids_per_batch=64 --num_classes 100000 --steps 20 --warmup 3)
+  rs=(--steps 5 --warmup 2)
+  search=50000,1000000,256; files=(--embed_files_images 16384 --embed_workers 0,"$cores")
+  fake=1000; views=8
+  autotune=(--torch_compile=false --torch_max_autotune)
 fi
+bench() { local name=$1 max=$2; shift 2
+  step "$name" "$max" "$py" -m asl_jax.benchmark --json "$out/bench_$name.json" "$@"; }
+
+# (a) The paper recipe's step at 32 x 4 against PyTorch (eager, torch.compile), FLOPs and MFU.
+bench a_ndec_32x4 270 --config configs/asl.py:ndec --only train --compare torch "${train[@]}"
+# (b) Exact search, 50k x 1M x 256, top-10: bf16 shortlist + float32 re-ranking vs the float32 scan.
+bench b_search 100 --config configs/asl.py:ndec --only search --search "$search"
+# (c) Evaluation embedding from JPEG files (640x480), in 0 and one-per-core Grain workers.
+bench c_embed_files 150 --config configs/asl.py:ndec --only embed_files "${files[@]}" \
+  "${tiny[@]+"${tiny[@]}"}"
+# (d) Training fed by pre-generated views, against the in-memory rate.
+data=/tmp/asl_bench_data
+step d_prepare 120 "$py" -m asl_jax.benchmark --config configs/asl.py:ndec --only input \
+  --fake_train "$fake" --fake_root "$data" --input_workers "$cores" --input_batches 2 "${train[@]}"
+step d_pregenerate 120 "$py" -m asl_jax.pregenerate --config configs/asl.py:ndec \
+  --out /tmp/asl_views_$views --views "$views" --config.data.manual_dir="$data/manual" \
+  --config.data.data_dir="$data/data" --config.data.train_every=1 \
+  "${tiny[@]+"${tiny[@]}"}"
+bench d_e2e_views 200 --config configs/asl.py:ndec --only train,e2e --fake_train "$fake" \
+  --fake_root "$data" --config.data.views_dir=/tmp/asl_views_$views "${train[@]}"
+# (e) The rest: 64 x 4, RS@k's two-pass step (model vs executed FLOPs), torch max-autotune.
+bench e_ndec_64x4 200 --config configs/asl.py:ndec --only train "${wide[@]}"
+bench e_rs_two_pass 200 --config configs/recall_surrogate.py:ndec_sym_asl --only train "${rs[@]}"
+bench e_max_autotune 300 --config configs/asl.py:ndec --only train --compare torch \
+  "${autotune[@]}" "${train[@]}"
+echo "== budgeted steps took $((SECONDS - start)) s"
+
+# == photos  (the coordinator's real-photo section goes here, before the summary)
+
+"$py" benchmarks/gpu_summary.py "$out" | tee "$out/summary.txt"

@@ -130,6 +130,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   e.image_size = 80               # Side the images are embedded at (0 = data.image_size);
                                   # larger than the 48 px training crops, as FixRes.
   e.batch_size = 256
+  e.num_workers = -1              # Grain processes decoding the images: -1 = one per core on an
+                                  # accelerator host, none on a CPU-only one; 0 = threads here.
   e.flip_average = False          # Descriptor = mean of the image's and its mirror's.
   e.soft_gate_temperature = 0.1   # Soft gate (an extension): score x sigmoid(log ratio / T).
   e.decision = "verify_else_norm"  # Pairs kept (asl_jax/gate.py): norm (the paper's gate) |

@@ -61,7 +61,7 @@ def test_a_config_that_does_not_fit_the_devices_exits_2_before_any_work(tmp_path
   r = subprocess.run([sys.executable, "-m", "asl_jax.benchmark", "--config", "configs/asl.py",
                       "--only", "train,embedd"], cwd=ROOT, capture_output=True, text=True,
                      timeout=300)
-  assert r.returncode == 2 and "the workloads are train, input, e2e, embed, search" in r.stderr
+  assert r.returncode == 2 and "the workloads are train, input, e2e, embed, embed_files, search" in r.stderr
 
 
 @pytest.mark.parametrize("variant", ["tiny", "r50"])
@@ -107,7 +107,8 @@ def test_every_workload_at_a_tiny_size_writes_the_promised_json(tiny_builder, da
   request = benchmark.Request(list(benchmark.WORKLOADS), ["torch"], "64,500,16")
   result = benchmark.run(c, request, steps=2, warmup=1, num_classes=50, input_workers=[0, 1],
                          input_batches=2, peak_override=2.0, config_name="configs/asl.py",
-                         overrides=["--config.x=1"], torch_compile=False, log=lambda _: None)
+                         overrides=["--config.x=1"], torch_compile=False, embed_files_images=40,
+                         embed_workers=[0, 1], log=lambda _: None)
   json.dumps(result)  # JSON-able.
   for field in ("device_kind", "device_count", "host_cores", "config", "overrides", "batch",
                 "image_size", "dtype", "peak_tflops_per_device"):
@@ -123,10 +124,18 @@ def test_every_workload_at_a_tiny_size_writes_the_promised_json(tiny_builder, da
   assert train_row["mfu"] == pytest.approx(train_row["tflops_per_s"] / 2.0)
   assert train_row["images_per_s"] == pytest.approx(32 / (train_row["p50_ms"] / 1e3))
   assert rows[("embed", "asl_jax", None)]["image_size"] == 40
+  files = [r for r in result["rows"] if r["workload"] == "embed_files"]
+  assert [(r["workers"], r["images"]) for r in files] == [(0, 40), (1, 40)]
+  assert all(r["images_per_s"] > 0 and r["same_descriptors_as_first_row"] for r in files)
+  assert train_row["model_flops_per_step_per_device"] == train_row["flops_per_step_per_device"]
+  assert train_row["executed_flops_per_step_per_device"] == pytest.approx(
+      train_row["model_flops_per_step_per_device"])
+  assert train_row["xla_cost_analysis_flops_per_step_per_device"] > 0
   assert {w for (kind, _, w) in rows if kind == "input"} == {0, 1}
   assert 0 < rows[("e2e", "asl_jax", 0)]["share_of_in_memory"] < 5
   search = [r for r in result["rows"] if r["workload"] == "search"]
-  assert len(search) == 2 and all(r["top_k_agreement"] == 1.0 for r in search)
+  assert len(search) == 3 and all(r["top_k_agreement"] == 1.0 for r in search)
+  assert search[0]["recomputed_queries"] >= 0 and search[0]["framework"].startswith("asl_jax")
   for kind in ("train", "embed"):
     eager = rows[(kind, "torch eager", None)]
     assert eager["images_per_s"] > 0 and eager["asl_jax_over_this"] > 0, eager

@@ -277,3 +277,40 @@ def test_per_kind_breakdown_hand_case():
   assert out["hard_negatives_by_kind"]["reverse_crop"] == {
       "queries": 1, "predicted": 1, "removed_by_gate": 1}
   assert out["distractors"] == {"queries": 1, "predictions": 2, "removed_by_gate": 1}
+
+
+@pytest.mark.parametrize("metric,stream,chunk", [("ip", False, 0), ("ip", True, 8),
+                                                 ("l2", True, 0)])
+def test_bf16_shortlist_with_exact_reranking_is_the_float32_search(metric, stream, chunk):
+  """Random data: the shortlist alone finds the float32 top-k (no query sent
+  back), blocks streamed from the host or kept on the device."""
+  from asl_jax.evaluation import jax_search
+  q, r = _data(nq=40, nr=700, d=32, seed=3)
+  want_s, want_i = jax_search.ReferenceIndex(r, metric, precision="highest").search(q, 5)
+  index = jax_search.ReferenceIndex(r, metric, ref_block=128, precision="bf16", chunk=chunk,
+                                    stream=stream)
+  assert index.streamed == stream and index.num_blocks == 6
+  s, i = index.search(q, 5, query_block=16)
+  np.testing.assert_array_equal(i, want_i)
+  np.testing.assert_allclose(s, want_s, atol=1e-6)  # Exact float32 scores, not bf16's.
+  assert index.last_recomputed == 0
+
+
+def test_bf16_search_near_ties_are_caught_by_the_certificate():
+  """Adversarial: clusters of 30 references whose scores against a query lie
+  closer together than bfloat16 resolves, so a bf16 shortlist of 4 cannot order
+  them (the shortlist alone misses for 19 of the 50 queries); the certificate
+  sends those queries to the float32 scan, and the result is the exact top-k
+  (float64 brute force, up to float32 ties)."""
+  from asl_jax.evaluation import jax_search
+  rs = np.random.default_rng(4)
+  centres = search.l2_normalize(rs.normal(size=(20, 64)))
+  r = search.l2_normalize(np.repeat(centres, 30, 0) + 0.003 * rs.normal(size=(600, 64)))
+  q = search.l2_normalize(centres[rs.integers(0, 20, 50)] + 0.06 * rs.normal(size=(50, 64)))
+  brute = q.astype(np.float64) @ r.T.astype(np.float64)
+  want = np.sort(brute, 1)[:, ::-1][:, :3]
+  index = jax_search.ReferenceIndex(r, "ip", ref_block=200, precision="bf16", shortlist=4)
+  s, i = index.search(q, 3, query_block=32)
+  assert index.last_recomputed > 0
+  np.testing.assert_allclose(np.take_along_axis(brute, i, 1), want, atol=2e-7)
+  np.testing.assert_allclose(s, want, atol=2e-7)

@@ -38,7 +38,9 @@ class _LoadForEval(grain.transforms.Map):
     if index < 0:
       return np.zeros((self.image_size, self.image_size, 3), np.uint8)
     record = self.source[int(index)]
-    image = data.decode_image(record["image"], record)
+    # The JPEG decoder may scale by 1/2, 1/4 or 1/8 while both sides stay at
+    # least the embedding size: the same resize, a fraction of the decoding.
+    image = np.asarray(data.decode_pil(record["image"], record, min_size=self.image_size))
     return copy_edits.resize(image, (self.image_size, self.image_size))
 
 
@@ -71,9 +73,25 @@ def make_embed_fn(model, mesh, flip_average: bool = False):
                  out_shardings=sharding.replicated(mesh))
 
 
+def eval_workers(num_workers: int) -> int:
+  """Worker processes of `eval.num_workers`: n >= 0 as given (0: threads in
+  this process); -1: one per core this process may use on an accelerator host,
+  none on a CPU-only one (its cores run the model)."""
+  if num_workers != -1:
+    return num_workers
+  if jax.default_backend() == "cpu":
+    return 0
+  return data.worker_processes({"num_workers": -1})
+
+
 def embed_split(embed_fn, state, source, image_size, batch_size, mesh,
-                name="", log=print, num_threads=4):
-  """(descriptors [n, d], gate norms [n]) for every record of a split."""
+                name="", log=print, num_threads=4, num_workers=0, timing=None):
+  """(descriptors [n, d], gate norms [n]) for every record of a split, in
+  record order. num_workers > 0: decoding and resizing in that many Grain
+  worker processes (the JPEG decoder and PIL's resize hold the GIL for part of
+  their work, so threads alone stay well short of the accelerator's rate),
+  each with `num_threads` reader threads; 0: `num_threads` threads here.
+  timing: a dict given here gets "first_batch_s" (worker start-up included)."""
   n = len(source)
   processes = jax.process_count()
   devices = jax.device_count()
@@ -84,15 +102,23 @@ def embed_split(embed_fn, state, source, image_size, batch_size, mesh,
   ds = grain.MapDataset.source(plan).map(_LoadForEval(source, image_size))
   ds = ds.batch(batch_size // processes).to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))
+  if num_workers > 0 and len(plan):
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=min(num_workers, -(-len(plan) // (batch_size // processes))),
+        per_worker_buffer_size=2))
   desc, norms, t0 = [], [], time.time()
   for i, images in enumerate(ds):
     d, g = embed_fn(state.params["model"], state.batch_stats,
                     sharding.global_batch(images, mesh))
     desc.append(np.asarray(d))
     norms.append(np.asarray(g))
+    if i == 0 and timing is not None:
+      timing["first_batch_s"] = time.time() - t0
     done = min((i + 1) * batch_size, n)
     if (i + 1) % 20 == 0 or done == n:
       log(f"  embedded {name} {done}/{n} ({done / (time.time() - t0):.0f} images/s)")
+  if hasattr(ds, "close"):
+    ds.close()
   desc, norms = np.concatenate(desc)[:n], np.concatenate(norms)[:n]
   return desc, norms
 
@@ -235,12 +261,14 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
   mesh = sharding.make_mesh()
   embed_fn = make_embed_fn(model, mesh, config.eval.get("flip_average", False))
   size, bs = config.eval.get("image_size", 0) or config.data.image_size, config.eval.batch_size
+  workers = eval_workers(config.eval.get("num_workers", 0))
+  io_kw = {"num_workers": workers, "num_threads": 2 if workers else 4}
   refs_src, queries_src = (data.source(builder, s) for s in ("references", "queries"))
   log(f"Evaluating on {len(queries_src)} queries x {len(refs_src)} references")
   ref_desc, ref_norm = embed_split(embed_fn, state, refs_src, size, bs, mesh,
-                                   "references", log)
+                                   "references", log, **io_kw)
   q_desc, q_norm = embed_split(embed_fn, state, queries_src, size, bs, mesh,
-                               "queries", log)
+                               "queries", log, **io_kw)
   meta = data.query_metadata(builder)
   query_ids = list(meta)
   reference_ids = [data.text(refs_src[i]["id"]) for i in range(len(refs_src))]
@@ -250,7 +278,7 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
   if sn.method != "none":
     background = data.source(background_builder or builder, "train")
     train_desc, _ = embed_split(embed_fn, state, background, size, bs, mesh,
-                                "train (score normalisation)", log)
+                                "train (score normalisation)", log, **io_kw)
     bias = search.score_normalization_bias(q_desc, train_desc, sn.method, sn.n,
                                            sn.n_end, sn.factor)
     pairs.score = pairs.score - bias[pairs.query_index]

@@ -1,13 +1,35 @@
 """Candidate search: k nearest references per query, and the ASL gate.
 
-Exact search is faiss's (`IndexFlatIP` on L2-normalised descriptors, so the
-score is the cosine similarity).
+Exact search is faiss's on the CPU (`IndexFlatIP` on L2-normalised
+descriptors, so the score is the cosine similarity) and the project's JAX
+search on accelerators (asl_jax/evaluation/jax_search.py), or wherever faiss
+is not installed: faiss is imported only when used.
 """
 
 import dataclasses
 
-import faiss
 import numpy as np
+
+
+def _faiss():
+  """faiss, imported on first use (a GPU host may run without it)."""
+  try:
+    import faiss
+  except ImportError:
+    from asl_jax.errors import UserError
+    raise UserError("This step needs faiss (faiss-cpu), which is not installed here: "
+                    "`pip install faiss-cpu`, or use the JAX search (backend='jax', "
+                    "the default on accelerators and without faiss).") from None
+  return faiss
+
+
+def default_backend() -> str:
+  """"faiss" on a CPU host with faiss installed, else "jax"."""
+  import importlib.util
+  import jax
+  if jax.default_backend() == "cpu" and importlib.util.find_spec("faiss") is not None:
+    return "faiss"
+  return "jax"
 
 
 @dataclasses.dataclass
@@ -39,6 +61,7 @@ def _to_candidates(scores: np.ndarray, indices: np.ndarray) -> Candidates:
 
 
 def _faiss_knn(queries, references, k, metric, index_spec, nprobe, rerank):
+  faiss = _faiss()
   d = references.shape[1]
   faiss_metric = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}[metric]
   if index_spec == "Flat":
@@ -69,7 +92,7 @@ def _faiss_knn(queries, references, k, metric, index_spec, nprobe, rerank):
 
 
 def search(queries: np.ndarray, references: np.ndarray, *, k: int = 10,
-           metric: str = "ip", backend: str = "faiss", index: str = "Flat",
+           metric: str = "ip", backend: str = "auto", index: str = "Flat",
            nprobe: int = 16, rerank: int = 10,
            global_budget: int | None = None) -> Candidates:
   """Candidate (query, reference, score) pairs, behind one function.
@@ -79,8 +102,8 @@ def search(queries: np.ndarray, references: np.ndarray, *, k: int = 10,
     k: nearest references per query (the per-query mode).
     metric: "ip" (score = inner product) or "l2" (score = -squared distance,
       as the ISC descriptor track scores).
-    backend: "faiss" (CPU) or "jax" (exact, on the accelerator, references
-      sharded over the devices).
+    backend: "faiss" (CPU), "jax" (exact, on the accelerator, references
+      sharded over the devices) or "auto" (`default_backend()`).
     index: faiss index: "Flat" (exact) or an index-factory string such as
       "IVF1024,PQ32x4fs" whose candidates are re-ranked exactly.
     nprobe, rerank: IVF probes; candidates kept per result for re-ranking.
@@ -95,6 +118,8 @@ def search(queries: np.ndarray, references: np.ndarray, *, k: int = 10,
                      f"but references have {references.shape[1]}.")
   if metric not in ("ip", "l2"):
     raise ValueError(f"metric must be 'ip' or 'l2', got {metric!r}.")
+  if backend == "auto":
+    backend = "faiss" if index != "Flat" else default_backend()
   if backend == "jax":
     from asl_jax.evaluation import jax_search
     ref_index = jax_search.ReferenceIndex(references, metric)
@@ -127,7 +152,7 @@ def pca_whitening(train: np.ndarray, dim: int):
   if dim > train.shape[1] or dim > len(train):
     raise ValueError(f"PCA to {dim} dimensions needs at least {dim} training "
                      f"descriptors of at least {dim} dimensions; got {train.shape}.")
-  pca = faiss.PCAMatrix(train.shape[1], dim, -0.5)
+  pca = _faiss().PCAMatrix(train.shape[1], dim, -0.5)
   pca.train(train)
   return lambda x: l2_normalize(pca.apply(np.ascontiguousarray(x, np.float32)))
 
@@ -176,7 +201,6 @@ def score_normalization_bias(queries: np.ndarray, background: np.ndarray,
   if not 1 <= n <= last <= len(background):
     raise ValueError(f"Score normalisation needs 1 <= n <= n_end <= {len(background)} "
                      f"background images; got n={n}, n_end={n_end}.")
-  index = faiss.IndexFlatIP(background.shape[1])
-  index.add(np.ascontiguousarray(background, np.float32))
-  sims, _ = index.search(np.ascontiguousarray(queries, np.float32), last)
+  cands = search(queries, background, k=last)  # Each query's `last` best, best first.
+  sims = cands.score.reshape(len(queries), last)
   return factor * sims[:, n - 1:last].mean(axis=1)
