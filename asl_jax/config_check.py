@@ -75,12 +75,13 @@ RULES = {
     "data.num_threads": _int(1),
     "data.prepare_workers": _int(0),
     "data.paste_backgrounds": _one_of("train", "synthetic"),
-    "model.variant": _one_of("tiny", "r18", "r34", "r50", "r101", "r152"),
+    "model.variant": _one_of("tiny", "r18", "r34", "r50", "r101", "r152", "mnv4s"),
+    "model.head": _one_of("bot", "sscd"),
     "model.width": _int(1),
     "model.last_stride": _one_of(1, 2),
     "model.projector_dims": _dims(),
     "model.descriptor_dim": _int(1),
-    "model.gate_feature": _one_of("pooled", "projector"),
+    "model.gate_feature": _one_of("pooled", "projector", "descriptor"),
     "model.dtype": _one_of("float32", "bfloat16", "float16"),
     "model.bn_groups": _int(1),
     "model.small_conv": _one_of("auto", "xla", "im2col"),
@@ -108,7 +109,7 @@ RULES = {
         isinstance(x, (int, float)) and 0 < x < 1 for x in v)),
                          "a tuple of fractions of train.total_steps, each in (0, 1)"),
     "optim.b1": _num(0, 1, hi_open=True), "optim.b2": _num(0, 1, hi_open=True),
-    "train.total_steps": _int(1), "train.log_every": _int(1),
+    "train.total_steps": _int(0), "train.log_every": _int(1),
     "train.checkpoint_every": _int(1), "train.keep_checkpoints": _int(1),
     "train.num_chunks": _int(1), "train.batch_norm": _one_of("batch", "frozen"),
     "eval.k": _int(1), "eval.batch_size": _int(1), "eval.image_size": _int(0, 4096),
@@ -211,6 +212,37 @@ def _check_chunks(config, num_devices: int):
           "--config.train.num_chunks.")
 
 
+def _check_model_init(config, workdir):
+  """The head's gate feature, the MobileNet's options, evaluation without
+  training, and BatchNorm folded into ONNX weights."""
+  m, t = config.model, config.train
+  head, init = m.get("head", "bot"), m.get("init_from", "")
+  if head == "sscd" and m.gate_feature == "projector":
+    _fail("model.gate_feature", "projector", "'pooled' or 'descriptor' with model.head='sscd'",
+          "SSCD's head has no projector: gate on the pooled trunk feature (pooled) or on the "
+          "embedding before L2 normalisation (descriptor).")
+  if m.variant == "mnv4s" and m.get("wave_block", False):
+    _fail("model.wave_block", True, "False with model.variant='mnv4s'",
+          "WaveBlock sits after ResNet's layer2 and layer3; the MobileNetV4 has no such place.")
+  if t.total_steps == 0 and not init:
+    _fail("train.total_steps", 0, "at least 1 unless model.init_from names the weights to "
+          "evaluate", "Set --config.model.init_from to a pretrained file (.onnx, .pth/.pt, "
+          ".safetensors) or another run's workdir to evaluate it without training.")
+  if init.endswith(".onnx") and t.total_steps > 0 and t.get("batch_norm", "batch") == "batch":
+    _fail("train.batch_norm", "batch", "'frozen' when training from an ONNX file",
+          "ONNX copy detectors come with BatchNorm folded into the convolutions: their "
+          "BatchNorm is the identity carrying the folded bias, and batch statistics would "
+          "replace it. Set --config.train.batch_norm=frozen (the running statistics stay; "
+          "the biases and scales still train).")
+  if init and workdir is not None and os.path.isdir(os.path.expanduser(init)):
+    source, target = (os.path.realpath(os.path.expanduser(p)) for p in (init, workdir))
+    if target == source or target.startswith(source + os.sep) or source.startswith(
+        target + os.sep):
+      _fail("model.init_from", init, f"another directory than --workdir={workdir!r}",
+            "Reports and checkpoints would be written into the run being read; give a new "
+            "--workdir for the evaluation.")
+
+
 def validate(config, workdir: str | None = None, num_devices: int | None = None):
   """Raises a UserError for the first bad field or combination."""
   views, rs = _get(config, "data.views_per_id"), _get(config, "loss.rs_at_k")
@@ -231,6 +263,7 @@ def validate(config, workdir: str | None = None, num_devices: int | None = None)
     _fail("eval.score_norm.n_end", e.score_norm.n_end,
           f"at least eval.score_norm.n={e.score_norm.n}")
   _check_recall_surrogate(config)
+  _check_model_init(config, workdir)
   if num_devices:
     _check_chunks(config, num_devices)
     batch = d.ids_per_batch * d.views_per_id

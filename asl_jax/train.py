@@ -111,7 +111,7 @@ def init_state(model, classifier, tx, config, rng, mesh) -> TrainState:
     params = {"model": variables["params"]}
     if classifier is not None:
       params["classifier"] = classifier.init(
-          r_cls, jnp.zeros((2, config.model.projector_dims[1])))["params"]
+          r_cls, jnp.zeros((2, resnet.projected_dim(config.model))))["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables["batch_stats"],
                       opt_state=tx.init(params))
@@ -120,16 +120,47 @@ def init_state(model, classifier, tx, config, rng, mesh) -> TrainState:
   return jax.jit(init, out_shardings=state_shardings(shapes, mesh, classifier))(rng)
 
 
-def load_pretrained(state: TrainState, config, workdir: str) -> TrainState:
-  """The trunk from `config.model.init_from` (torchvision .pth/.pt or timm
-  .safetensors); the load report is logged and written to the workdir."""
-  from asl_jax.models import pretrained
+def _host(tree):
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def _read_init(config, params, batch_stats):
+  """(params, batch_stats, report) with `config.model.init_from` loaded into
+  the given host trees: an ONNX copy detector (models/onnx_import.py),
+  another run's workdir or checkpoint directory (its params and BatchNorm
+  statistics, read without writing there), or a torchvision/timm file."""
+  from asl_jax.models import onnx_import, pretrained
   path = os.path.expanduser(config.model.init_from)
-  host = lambda tree: jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
-  params, stats, report = pretrained.load_into(
-      host(state.params["model"]), host(state.batch_stats),
-      pretrained.read_state_dict(path), strict=config.model.init_strict, source=path)
-  log(f"Initialised the trunk from {path}: {report.summary()}")
+  if path.endswith(".onnx"):
+    return onnx_import.load_into(params, batch_stats, onnx_import.read_onnx(path),
+                                 config.model, strict=config.model.init_strict)
+  if os.path.isdir(path):
+    return checkpointing.load_model_from(path, params, batch_stats, config)
+  return pretrained.load_into(params, batch_stats, pretrained.read_state_dict(path),
+                              strict=config.model.init_strict, source=path)
+
+
+def check_init_from(config):
+  """Loads `model.init_from` into a zero-filled model of the config's shapes,
+  so that a file that does not fit (another variant, head or stride) is a
+  UserError before any data is prepared."""
+  if not config.model.init_from:
+    return
+  model = resnet.build(config.model)
+  size = config.data.image_size
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                             jnp.zeros((2, size, size, 3)), train=False))
+  zeros = lambda tree: jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), tree)
+  _read_init(config, zeros(shapes["params"]), zeros(shapes["batch_stats"]))
+
+
+def load_pretrained(state: TrainState, config, workdir: str) -> TrainState:
+  """The weights from `config.model.init_from` (`_read_init`); the load report
+  is logged and written to the workdir."""
+  path = os.path.expanduser(config.model.init_from)
+  params, stats, report = _read_init(config, _host(state.params["model"]),
+                                     _host(state.batch_stats))
+  log(f"Initialised the model from {path}: {report.summary()}")
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "pretrained_load.json"), "w") as f:
       json.dump({"file": path, **{k: [x if isinstance(x, str) else "/".join(x) for x in v]
@@ -484,17 +515,33 @@ def _append_jsonl(path: str, record: dict):
       f.write(json.dumps(record) + "\n")
 
 
+def pretrained_state(config, workdir: str):
+  """(model, state) holding the weights of `model.init_from`, for evaluation
+  without training (train.total_steps=0); no checkpoint is written."""
+  os.makedirs(workdir, exist_ok=True)
+  model = resnet.build(config.model)
+  mesh = sharding.make_mesh()
+  state = init_state(model, None, optax.identity(), config, jax.random.key(config.seed), mesh)
+  return model, load_pretrained(state, config, workdir)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains, then evaluates on the queries and references; returns metrics.
-  The config, the workdir and both datasets are checked before training."""
+  With train.total_steps=0 it evaluates `model.init_from` as it is. The
+  config, the init file, the workdir and both datasets are checked before
+  training."""
   from asl_jax.evaluation import icd
   config_check.validate(config, workdir, jax.device_count())
+  check_init_from(config)
   builder = data.prepare(config.data, log=log)
   eval_builder = builder
   if config.eval.data_name and config.eval.data_name != config.data.name:
     eval_builder = data.prepare(config.data, log=log, name=config.eval.data_name)
   config_check.check_reference_count(
       config, eval_builder.info.splits["references"].num_examples, eval_builder.info.full_name)
-  model, state, builder = train(config, workdir, builder=builder)
+  if config.train.total_steps == 0:
+    model, state = pretrained_state(config, workdir)
+  else:
+    model, state, builder = train(config, workdir, builder=builder)
   return icd.evaluate_model(model, state, eval_builder, config, workdir, log=log,
                             background_builder=builder)

@@ -64,12 +64,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d.num_workers = 0               # Grain worker processes: 0 = none (threads), -1 = 1 per core.
 
   c.model = m = ml_collections.ConfigDict()
-  m.variant = "tiny"              # tiny | r18 | r34 | r50 | r101 | r152.
+  m.variant = "tiny"              # tiny | r18 | r34 | r50 | r101 | r152 | mnv4s (MobileNetV4
+                                  # Conv-S, the SSCD student's trunk; width/last_stride unused).
   m.width = 16                    # Channels of the first stage.
   m.last_stride = 1               # layer4 stride (1 in BoT/D²LV).
   m.projector_dims = (512, 1024)  # Projector hidden and output (gate) dims.
   m.descriptor_dim = 128          # Retrieval descriptor dimension.
-  m.gate_feature = "pooled"       # Norm read by loss and gate: pooled (GeM) | projector.
+  m.head = "bot"                  # bot: projector + descriptor head (BoT/D²LV) | sscd: one
+                                  # Dense from GeM to the descriptor (SSCD; the ONNX imports).
+  m.gate_feature = "pooled"       # Norm read by loss and gate: pooled (GeM output) |
+                                  # projector (bot head) | descriptor (before L2; with sscd:
+                                  # the 512-d embedding SSCD L2-normalises).
   m.dtype = "float32"             # Compute dtype (bfloat16 on accelerators).
   m.bn_groups = 1                 # Ghost BatchNorm groups per batch (4 = BoT's 4 GPUs).
   m.wave_block = False            # WaveBlock band augmentation after layer2/3 (BoT).
@@ -77,8 +82,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.shard_classifier = False      # Split the classifier's classes over the devices.
   m.small_conv = "auto"           # 3x3 convs with <= 4x4 outputs: xla | im2col | auto (CPU).
   m.conv_grad = "auto"            # Convolution gradients: xla | canonical | auto (CPU).
-  m.init_from = ""                # Pretrained trunk: torchvision .pth/.pt or timm .safetensors.
-  m.init_strict = True            # A missing/mismatched/unused trunk tensor is an error.
+  m.init_from = ""                # Initial weights: torchvision .pth/.pt or timm .safetensors
+                                  # (trunk; SSCD's torchvision file also its head), an ONNX copy
+                                  # detector (sscd.onnx: r50, last_stride 2, head sscd;
+                                  # sscd_distilled.onnx: mnv4s, head sscd; BN folded: needs
+                                  # train.batch_norm=frozen), or another run's workdir or
+                                  # checkpoint directory (read only).
+  m.init_strict = True            # A missing/mismatched/unused tensor is an error.
 
   c.loss = l = ml_collections.ConfigDict()  # Weights; 0 switches a term off.
   l.info_nce = 1.0                # SSCD-style InfoNCE over views.
@@ -116,7 +126,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   o.grad_clip_norm = 0.0          # 0 = no clipping.
 
   c.train = t = ml_collections.ConfigDict()
-  t.total_steps = 1100
+  t.total_steps = 1100            # 0: evaluate model.init_from as it is (no training).
   t.log_every = 25
   t.checkpoint_every = 250
   t.keep_checkpoints = 3

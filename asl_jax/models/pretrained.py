@@ -194,7 +194,7 @@ class LoadReport:
 
   def summary(self) -> str:
     return (f"{len(self.loaded)} tensors loaded, {len(self.new)} model leaves new "
-            f"(not in a ResNet file: {', '.join(sorted({p[0] for p in self.new})) or '-'}), "
+            f"(not in the file: {', '.join(sorted({p[0] for p in self.new})) or '-'}), "
             f"{len(self.ignored)} file tensors ignored ({', '.join(self.ignored[:4])}"
             f"{'...' if len(self.ignored) > 4 else ''}), {len(self.missing)} missing, "
             f"{len(self.mismatched)} mismatched, {len(self.unused)} unused")
