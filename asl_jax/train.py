@@ -68,7 +68,28 @@ def make_optimizer(cfg, total_steps: int):
                              weight_decay=cfg.weight_decay, mask=mask))
   else:
     parts.append(optax.adam(schedule, b1=cfg.b1, b2=cfg.b2))
-  return optax.chain(*parts), schedule
+  tx = optax.chain(*parts)
+  if cfg.get("trainable", ""):
+    # The other leaves get no update at all (no weight decay either).
+    tx = optax.multi_transform(
+        {True: tx, False: optax.set_to_zero()},
+        lambda params: trainable_mask(params, cfg.trainable))
+  return tx, schedule
+
+
+def _path(key_path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
+
+
+def trainable_mask(params, pattern: str):
+  """The tree of `params` with True where a leaf trains: its path
+  ("model/embed_fc/kernel", "classifier/kernel") matches the regular
+  expression `pattern` (optim.trainable; re.search), all when it is ''."""
+  import re
+  if not pattern:
+    return jax.tree.map(lambda _: True, params)
+  regex = re.compile(pattern)
+  return jax.tree_util.tree_map_with_path(lambda p, _: bool(regex.search(_path(p))), params)
 
 
 def build_modules(config, num_classes: int, num_devices: int | None = None):
@@ -331,6 +352,8 @@ def make_update_fn(model, classifier, tx, schedule, config, mesh, state):
   """The jitted `update(state, batch, rng) -> (state, metrics)`: one update
   per batch, in one pass or (train.num_chunks > 1) two."""
   num_chunks = config.train.get("num_chunks", 1)
+  pattern = config.optim.get("trainable", "")
+  trainable = trainable_mask(state.params, pattern) if pattern else None
   frozen_bn = config.train.get("batch_norm", "batch") == "frozen"
   common = dict(model=model, classifier=classifier, cfg=config.loss, mesh=mesh,
                 frozen_bn=frozen_bn)
@@ -343,6 +366,8 @@ def make_update_fn(model, classifier, tx, schedule, config, mesh, state):
     rng = jax.random.fold_in(rng, state.step)
     (_, (metrics, batch_stats)), grads = grad_fn(
         state.params, state.batch_stats, batch, rng)
+    if trainable is not None:  # Frozen leaves: no gradient is computed (XLA drops it).
+      grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
@@ -369,6 +394,10 @@ def _check_config(config):
     copy_edits.check_edits(d.train_edits, d.get("edit_params") or {})
   except ValueError as e:
     raise UserError(f"data.train_edits / data.edit_params: {e}") from None
+  try:
+    copy_edits.check_information(dict(d.get("edit_information") or {}))
+  except ValueError as e:
+    raise UserError(f"data.edit_information: {e}") from None
   if d.get("views_dir") and d.pair_ids_per_batch > 0:
     raise UserError("Pre-generated views (data.views_dir) hold training images only; set "
                     "data.pair_ids_per_batch=0, or data.views_dir='' to mix in NDEC pairs.")
@@ -377,6 +406,23 @@ def _check_config(config):
     raise UserError(f"data.num_workers={workers!r}: give 0 (no worker processes, the "
                     "reader's threads), a number of Grain worker processes, or -1 for "
                     "one per CPU core.")
+
+
+def _check_trainable(params, pattern: str):
+  """optim.trainable must name at least one parameter; logs what trains."""
+  if not pattern:
+    return
+  mask = trainable_mask(params, pattern)
+  paths = [_path(p) for p, t in jax.tree_util.tree_leaves_with_path(mask) if t]
+  if not paths:
+    raise UserError(f"optim.trainable={pattern!r} matches no parameter, so nothing would "
+                    "train. Parameter paths look like 'model/embed_fc/kernel', "
+                    "'model/gate_fc1/kernel', 'model/layer4_2/conv3/kernel'; give a regular "
+                    "expression that finds the ones to train, or '' for all.")
+  count = sum(int(np.prod(x.shape)) for x, t in zip(jax.tree.leaves(params),
+                                                    jax.tree.leaves(mask), strict=True) if t)
+  log(f"optim.trainable={pattern!r}: {len(paths)} parameter arrays ({count} values) train, "
+      "the others stay as they are")
 
 
 def train(config, workdir: str, builder=None):
@@ -428,6 +474,7 @@ def train(config, workdir: str, builder=None):
   elif config.model.init_from:
     state = load_pretrained(state, config, workdir)
   start = int(start or 0)
+  _check_trainable(state.params, config.optim.get("trainable", ""))
   update = make_update_fn(model, classifier, tx, schedule, config, mesh, state)
   step_rng = jax.random.fold_in(rng, 1)
   images_per_step = config.data.ids_per_batch * config.data.views_per_id

@@ -58,6 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "color_jitter": 0.4, "grayscale": 0.15, "blur": 0.25, "hflip": 0.3,
       "text": 0.25, "sticker": 0.25, "paste_onto": 0.15, "jpeg": 0.4})
   d.edit_params = ml_collections.ConfigDict()  # Edit -> its parameters (copy_edits.py).
+  d.edit_information = ml_collections.ConfigDict()  # Edit -> factor in (0, 1] it multiplies
+                                  # a view's information amount by (default: only the crop
+                                  # counts, its area fraction); see _SSCD_EDIT_INFORMATION.
   d.views_dir = ""                # Views made by `python -m asl_jax.pregenerate` ("": online).
   d.paste_backgrounds = "train"   # paste_onto backgrounds: train (other images) | synthetic.
   d.num_threads = 2               # Grain reader threads.
@@ -74,7 +77,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                   # Dense from GeM to the descriptor (SSCD; the ONNX imports).
   m.gate_feature = "pooled"       # Norm read by loss and gate: pooled (GeM output) |
                                   # projector (bot head) | descriptor (before L2; with sscd:
-                                  # the 512-d embedding SSCD L2-normalises).
+                                  # the 512-d embedding SSCD L2-normalises) | gate_head (a
+                                  # separate MLP on the pooled feature behind a stop-gradient:
+                                  # only the norm-ratio loss trains it).
+  m.gate_head_dims = (256, 64)    # gate_head: hidden and output widths.
   m.dtype = "float32"             # Compute dtype (bfloat16 on accelerators).
   m.bn_groups = 1                 # Ghost BatchNorm groups per batch (4 = BoT's 4 GPUs).
   m.wave_block = False            # WaveBlock band augmentation after layer2/3 (BoT).
@@ -124,6 +130,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   o.b1 = 0.9
   o.b2 = 0.999
   o.grad_clip_norm = 0.0          # 0 = no clipping.
+  o.trainable = ""                # Regex over parameter paths (model/gate_fc1/kernel, ...):
+                                  # only matching ones train; '' = all.
 
   c.train = t = ml_collections.ConfigDict()
   t.total_steps = 1100            # 0: evaluate model.init_from as it is (no training).
@@ -172,9 +180,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     _sscd_recipe(c, asl=arg == "ndec_sscd")
   elif arg == "photos":
     _photos_recipe(c)
+  elif arg == "sscd_photos":
+    _sscd_photos_recipe(c)
+  elif arg == "ndec_sscd_asl":
+    _ndec_sscd_asl_recipe(c)
   elif arg not in (None, ""):
     raise ValueError(f"Unknown config variant {arg!r}: use configs/asl.py, configs/asl.py:ndec, "
-                     ":ndec_baseline, :ndec_sscd, :ndec_sscd_baseline or :photos.")
+                     ":ndec_baseline, :ndec_sscd, :ndec_sscd_baseline, :photos, :sscd_photos "
+                     "or :ndec_sscd_asl.")
   return c
 
 
@@ -242,3 +255,68 @@ def _photos_recipe(c):
   c.train.total_steps = 900
   c.eval.score_norm.method = "none"
   c.eval.flip_average = True      # +0.036 μAP without the gate (README).
+
+
+# Information factors of the training edits (data.edit_information): every edit
+# that destroys content lowers a view's information amount, so that an edited
+# copy is always "less" than its source even when nothing was cropped (57 of
+# photo_dev's 79 copies crop nothing), while a reverse crop's whole photo stays
+# "more" than the crop. Heavier edits remove more. hflip removes nothing.
+_SSCD_EDIT_INFORMATION = {
+    "resize": 0.9, "rotate": 0.85, "pixelize": 0.7, "pad": 0.9, "color_jitter": 0.9,
+    "grayscale": 0.8, "blur": 0.8, "text": 0.85, "sticker": 0.85, "paste_onto": 0.6,
+    "jpeg": 0.85, "shuffle_pixels": 0.7, "perspective": 0.85, "underlay": 0.9, "text2": 0.85}
+
+
+def _sscd_asl_head(c):
+  """What both SSCD fine-tuning recipes share: SSCD's head (GeM -> Dense ->
+  512, L2) kept as imported, the gate a separate MLP on the pooled feature
+  trained by the norm-ratio loss alone (model.gate_feature=gate_head), the
+  folded BatchNorm frozen, every destructive edit lowering the information
+  amount, and the required files (config_check: required_fields)."""
+  c.model.update(head="sscd", descriptor_dim=512, gate_feature="gate_head",
+                 gate_head_dims=(256, 64), init_from="", wave_block=False, bn_groups=1,
+                 shard_classifier=False)
+  c.data.edit_information = ml_collections.ConfigDict(
+      {k: v for k, v in _SSCD_EDIT_INFORMATION.items() if k in c.data.train_edits})
+  c.train.batch_norm = "frozen"   # The ONNX weights come with BatchNorm folded in.
+  c.loss.update(norm_ratio=1.0, norm_ratio_pairing="all", classification=0.0, triplet=0.0)
+  c.required_fields = ("model.init_from",)
+
+
+def _sscd_photos_recipe(c):
+  """ASL fine-tuning from SSCD's MobileNetV4 student (sscd_distilled.onnx,
+  model.variant=mnv4s) or SSCD itself (sscd.onnx, --config.model.variant=r50
+  --config.model.last_stride=2) on a folder of photos on the CPU: the trunk
+  and SSCD's head stay as imported (optim.trainable: the gate head only), so
+  the descriptor is the pretrained one and InfoNCE is off; the gate head
+  learns the norm ratio from 160 px views (the trunk's forward pass is the
+  whole cost). Evaluation at 224 px with the decision (verify_else_norm +
+  rescore). data.manual_dir and model.init_from are required."""
+  _sscd_asl_head(c)
+  c.data.update(name="folder/photos", manual_dir="", pair_ids_per_batch=0, image_size=160,
+                ids_per_batch=16, views_per_id=4)
+  c.model.update(variant="mnv4s", last_stride=2)
+  c.loss.update(info_nce=0.0)
+  c.optim.update(trainable="model/gate_fc", learning_rate=1e-3, weight_decay=0.0,
+                 warmup_steps=10)
+  c.train.update(total_steps=150, log_every=10, checkpoint_every=1000)
+  c.eval.update(image_size=224, batch_size=64, flip_average=False)
+  c.eval.score_norm.method = "none"  # A few hundred training photos: too few to normalise.
+  c.required_fields = ("data.manual_dir", "model.init_from")
+
+
+def _ndec_sscd_asl_recipe(c):
+  """ASL fine-tuning from SSCD R50 (sscd.onnx) on NDEC, for GPUs: SSCD's
+  recipe (InfoNCE τ 0.05 + KoLeo, 2 views... here 4 so that the norm ratio
+  has pairs) at a learning rate that keeps the pretrained descriptor (1e-5,
+  Adam, the whole model), the separate gate head trained by the norm-ratio
+  loss with the same information factors as sscd_photos, BatchNorm frozen
+  (folded weights), evaluation with the paper's gate and the decision."""
+  _sscd_recipe(c, asl=True)
+  _sscd_asl_head(c)
+  c.data.update(image_size=224, ids_per_batch=64, views_per_id=4)
+  c.model.update(variant="r50", width=64, last_stride=2, dtype="bfloat16")
+  c.loss.update(info_nce=1.0, temperature=0.05, koleo=10.0)
+  c.optim.update(learning_rate=1e-5, weight_decay=0.0, warmup_steps=500)
+  c.train.update(total_steps=20_000, checkpoint_every=2000)

@@ -120,6 +120,7 @@ class MobileNetV4(nn.Module):
   descriptor_dim: int = 512
   gate_feature: str = "pooled"
   head: str = "sscd"
+  gate_head_dims: Sequence[int] = (256, 64)  # With gate_feature="gate_head".
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9
   bn_groups: int = 1
@@ -146,4 +147,5 @@ class MobileNetV4(nn.Module):
     pooled = resnet.GeM(name="gem")(x)
     return resnet.descriptor_head(pooled, head=self.head, projector_dims=self.projector_dims,
                                   descriptor_dim=self.descriptor_dim,
-                                  gate_feature=self.gate_feature, norm=norm, dtype=self.dtype)
+                                  gate_feature=self.gate_feature, norm=norm, dtype=self.dtype,
+                                  gate_head_dims=tuple(self.gate_head_dims))

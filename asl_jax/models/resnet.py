@@ -234,7 +234,11 @@ class WaveBlock(nn.Module):
 
 
 # model.gate_feature -> the aux entry whose norm the loss and the gate read.
-GATE_FEATURES = {"projector": "projected", "pooled": "pooled", "descriptor": "descriptor"}
+# gate_head: a separate small MLP on the pooled feature, behind a stop-gradient,
+# so that only the norm-ratio loss trains it and the descriptor stays as it was
+# (for a pretrained descriptor; `gate_head`).
+GATE_FEATURES = {"projector": "projected", "pooled": "pooled", "descriptor": "descriptor",
+                 "gate_head": "gate_head"}
 HEADS = ("bot", "sscd")
 
 
@@ -248,7 +252,22 @@ def check_head(head: str, gate_feature: str):
                      f"got {gate_feature!r}.")
 
 
-def descriptor_head(pooled, *, head, projector_dims, descriptor_dim, gate_feature, norm, dtype):
+def gate_head(pooled, dims):
+  """The separate gate feature (model.gate_feature="gate_head"): Dense -> ReLU
+  -> ... -> Dense over `dims` on the pooled feature, whose gradient stops
+  here, so that the gate learns from the norm-ratio loss alone and no
+  gradient of it reaches the trunk or the descriptor. The last layer has no
+  ReLU so that its norm can go both ways."""
+  h = jax.lax.stop_gradient(pooled).astype(jnp.float32)
+  for i, dim in enumerate(dims):
+    h = nn.Dense(dim, name=f"gate_fc{i + 1}")(h)
+    if i < len(dims) - 1:
+      h = nn.relu(h)
+  return h
+
+
+def descriptor_head(pooled, *, head, projector_dims, descriptor_dim, gate_feature, norm, dtype,
+                    gate_head_dims=(256, 64)):
   """The aux dict from the pooled trunk feature; called inside a module's
   compact __call__, so that the layers are that module's (top-level names).
 
@@ -258,6 +277,7 @@ def descriptor_head(pooled, *, head, projector_dims, descriptor_dim, gate_featur
   the pooled feature straight to the descriptor; `projected` is the same
   descriptor (the classifier's input). `descriptor` is never L2-normalised
   here (evaluation and the losses do it), so its norm can serve as the gate.
+  gate_feature="gate_head" adds `gate_head` (`gate_head`, of `gate_head_dims`).
   """
   if head == "sscd":
     d = nn.Dense(descriptor_dim, dtype=dtype, name="embed_fc")(pooled).astype(jnp.float32)
@@ -272,6 +292,8 @@ def descriptor_head(pooled, *, head, projector_dims, descriptor_dim, gate_featur
     descriptor = norm(use_bias=False, name="desc_bn2")(d)
     aux = {"pooled": pooled, "projected": projected.astype(jnp.float32),
            "descriptor": descriptor.astype(jnp.float32)}
+  if gate_feature == "gate_head":
+    aux["gate_head"] = gate_head(pooled, gate_head_dims)
   aux["gate_feature"] = aux[GATE_FEATURES[gate_feature]]
   return aux
 
@@ -300,6 +322,7 @@ class CopyDetector(nn.Module):
   descriptor_dim: int = 256
   gate_feature: str = "projector"  # or "pooled", "descriptor" (GATE_FEATURES).
   head: str = "bot"  # bot (projector + descriptor head) | sscd (Dense to the descriptor).
+  gate_head_dims: Sequence[int] = (256, 64)  # With gate_feature="gate_head".
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9  # PyTorch's momentum 0.1.
   bn_groups: int = 1  # Ghost BatchNorm groups (4 mimics BoT's 4 GPUs).
@@ -340,7 +363,8 @@ class CopyDetector(nn.Module):
     pooled = GeM(name="gem")(x)
     return descriptor_head(pooled, head=self.head, projector_dims=self.projector_dims,
                            descriptor_dim=self.descriptor_dim,
-                           gate_feature=self.gate_feature, norm=norm, dtype=self.dtype)
+                           gate_feature=self.gate_feature, norm=norm, dtype=self.dtype,
+                           gate_head_dims=tuple(self.gate_head_dims))
 
 
 class Classifier(nn.Module):
@@ -375,6 +399,7 @@ def build(cfg) -> nn.Module:
   variant "mnv4s" the MobileNetV4 Conv-S student (models/mobilenetv4.py)."""
   head = dict(projector_dims=tuple(cfg.projector_dims), descriptor_dim=cfg.descriptor_dim,
               gate_feature=cfg.gate_feature, head=cfg.get("head", "bot"),
+              gate_head_dims=tuple(cfg.get("gate_head_dims", (256, 64))),
               dtype=jnp.dtype(cfg.dtype), bn_groups=cfg.get("bn_groups", 1))
   if cfg.variant in MOBILENET_VARIANTS:
     from asl_jax.models import mobilenetv4  # It builds on this module's layers.
