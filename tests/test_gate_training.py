@@ -122,3 +122,18 @@ def test_bad_information_factor_and_trainable_are_user_errors():
   assert mask == {"model": {"gate_fc1": {"kernel": True}, "embed_fc": {"kernel": False}}}
   with pytest.raises(UserError, match="matches no parameter"):
     train._check_trainable(params, "layer9")
+
+
+def test_sscd_recipes_name_their_missing_files_before_any_work():
+  from asl_jax import config_check
+  c = load_config("sscd_photos")
+  with pytest.raises(UserError, match="needs --config.data.manual_dir"):
+    config_check.validate(c)
+  c.data.manual_dir = "photos"
+  with pytest.raises(UserError, match="needs --config.model.init_from.*sscd_distilled.onnx"):
+    config_check.validate(c)
+  c.model.init_from = "sscd_distilled.onnx"
+  config_check.validate(c)
+  c = load_config("ndec_sscd_asl")  # NDEC's download has a default place.
+  with pytest.raises(UserError, match="needs --config.model.init_from"):
+    config_check.validate(c)
