@@ -135,8 +135,10 @@ def _embed_indices(embed_fn, state, source, indices, shape, batch_size, mesh, nu
   processes = jax.process_count()
   devices = jax.device_count()
   # Whole device multiples, and no bigger than the group needs (a small group
-  # would otherwise be padded up to a full evaluation batch).
-  batch_size = max(min(batch_size, -(-n // devices) * devices) // devices, 1) * devices
+  # would otherwise be padded up to a full evaluation batch) rounded up to a
+  # power of two, so that groups of one shape in both splits share a program.
+  need = 1 << max(int(np.ceil(np.log2(max(-(-n // devices), 1)))), 0)
+  batch_size = max(min(batch_size, need * devices) // devices, 1) * devices
   plan = _plan(n, batch_size, jax.process_index(), processes)
   plan = np.where(plan >= 0, indices[np.maximum(plan, 0)], -1)
   ds = grain.MapDataset.source(plan).map(_LoadForEval(source, shape))
