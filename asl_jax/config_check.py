@@ -123,6 +123,7 @@ RULES = {
     "train.total_steps": _int(0), "train.log_every": _int(1),
     "train.checkpoint_every": _int(1), "train.keep_checkpoints": _int(1),
     "train.num_chunks": _int(1), "train.batch_norm": _one_of("batch", "frozen"),
+    "eval.resize": _one_of("square", "short_side"),
     "eval.k": _int(1), "eval.batch_size": _int(1), "eval.image_size": _int(0, 4096),
     "eval.soft_gate_temperature": _num(0, lo_open=True),
     "eval.decision": _one_of("none", "norm", "calibrated_norm", "verify", "verify_else_norm",

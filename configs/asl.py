@@ -163,6 +163,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   e.k = 10                        # Nearest references per query.
   e.image_size = 80               # Side the images are embedded at (0 = data.image_size);
                                   # larger than the 48 px training crops, as FixRes.
+  e.resize = "square"             # square: image_size x image_size | short_side: the short
+                                  # side image_size, aspect kept, the long side rounded to a
+                                  # multiple of 32 (SSCD's evaluation: short side 288).
   e.batch_size = 256
   e.flip_average = False          # Descriptor = mean of the image's and its mirror's.
   e.soft_gate_temperature = 0.1   # Soft gate (an extension): score x sigmoid(log ratio / T).

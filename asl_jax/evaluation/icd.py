@@ -10,6 +10,7 @@ pairs are (true copies, hard negatives by kind, distractors), and writes
 
 import collections
 import dataclasses
+import io
 import json
 import os
 import time
@@ -18,6 +19,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from asl_jax import copy_edits, data, input_pipeline, sharding
 from asl_jax import gate as gate_lib
@@ -29,17 +31,52 @@ from asl_jax.models import resnet
 
 
 class _LoadForEval(grain.transforms.Map):
-  """Record index (or -1 for padding) -> resized uint8 image."""
+  """Record index (or -1 for padding) -> uint8 image resized to `shape` (h, w)."""
 
-  def __init__(self, source, image_size):
-    self.source, self.image_size = source, image_size
+  def __init__(self, source, shape):
+    self.source, self.shape = source, tuple(shape)
 
   def map(self, index):
     if index < 0:
-      return np.zeros((self.image_size, self.image_size, 3), np.uint8)
+      return np.zeros(self.shape + (3,), np.uint8)
     record = self.source[int(index)]
     image = data.decode_image(record["image"], record)
-    return copy_edits.resize(image, (self.image_size, self.image_size))
+    return copy_edits.resize(image, self.shape)
+
+
+RESIZE_MODES = ("square", "short_side")
+SHAPE_MULTIPLE = 32  # short_side: the long side is rounded to a multiple of this.
+
+
+def eval_shape(height: int, width: int, size: int, resize: str = "square") -> tuple[int, int]:
+  """The (height, width) an image of that size is embedded at: `size` x `size`
+  (square), or its short side `size` and its long side scaled with it and
+  rounded to a multiple of 32 (short_side, as SSCD's evaluation resizes
+  the short side; the rounding keeps the number of shapes, and so of
+  compilations, small)."""
+  if resize == "square":
+    return size, size
+  scale = size / min(height, width)
+  long = max(SHAPE_MULTIPLE, int(round(max(height, width) * scale / SHAPE_MULTIPLE))
+             * SHAPE_MULTIPLE)
+  return (size, long) if height <= width else (long, size)
+
+
+def _stored_size(record) -> tuple[int, int]:
+  """(height, width) of a record's image from its header (nothing decoded)."""
+  with Image.open(io.BytesIO(record["image"])) as im:
+    return im.height, im.width
+
+
+def shape_groups(source, size: int, resize: str) -> dict[tuple[int, int], np.ndarray]:
+  """Embedding shape -> the record indices embedded at it."""
+  n = len(source)
+  if resize == "square":
+    return {(size, size): np.arange(n)}
+  groups = collections.defaultdict(list)
+  for i in range(n):
+    groups[eval_shape(*_stored_size(source[i]), size, resize)].append(i)
+  return {k: np.asarray(v) for k, v in sorted(groups.items())}
 
 
 def _plan(n: int, batch: int, process: int, processes: int) -> np.ndarray:
@@ -72,29 +109,48 @@ def make_embed_fn(model, mesh, flip_average: bool = False):
 
 
 def embed_split(embed_fn, state, source, image_size, batch_size, mesh,
-                name="", log=print, num_threads=4):
-  """(descriptors [n, d], gate norms [n]) for every record of a split."""
+                name="", log=print, num_threads=4, resize="square"):
+  """(descriptors [n, d], gate norms [n]) for every record of a split,
+  embedded at `eval_shape`'s shape (images of one shape batched together)."""
   n = len(source)
+  desc, norms, done, t0 = None, None, 0, time.time()
+  groups = shape_groups(source, image_size, resize)
+  for shape, indices in groups.items():
+    d, g = _embed_indices(embed_fn, state, source, indices, shape, batch_size, mesh,
+                          num_threads)
+    if desc is None:
+      desc, norms = np.zeros((n, d.shape[1]), d.dtype), np.zeros(n, g.dtype)
+    desc[indices], norms[indices] = d, g
+    done += len(indices)
+    log(f"  embedded {name} {done}/{n} ({done / (time.time() - t0):.0f} images/s"
+        + (f"; {len(indices)} at {shape[0]}x{shape[1]}" if len(groups) > 1 else "") + ")")
+  if desc is None:
+    raise ValueError(f"the {name} split is empty")
+  return desc, norms
+
+
+def _embed_indices(embed_fn, state, source, indices, shape, batch_size, mesh, num_threads):
+  """(descriptors, gate norms) of the records `indices`, all resized to `shape`."""
+  n = len(indices)
   processes = jax.process_count()
   devices = jax.device_count()
-  # Whole device multiples, and no bigger than the split needs (a small split
-  # would otherwise be padded up to a full evaluation batch).
-  batch_size = max(min(batch_size, -(-n // devices) * devices) // devices, 1) * devices
+  # Whole device multiples, and no bigger than the group needs (a small group
+  # would otherwise be padded up to a full evaluation batch) rounded up to a
+  # power of two, so that groups of one shape in both splits share a program.
+  need = 1 << max(int(np.ceil(np.log2(max(-(-n // devices), 1)))), 0)
+  batch_size = max(min(batch_size, need * devices) // devices, 1) * devices
   plan = _plan(n, batch_size, jax.process_index(), processes)
-  ds = grain.MapDataset.source(plan).map(_LoadForEval(source, image_size))
+  plan = np.where(plan >= 0, indices[np.maximum(plan, 0)], -1)
+  ds = grain.MapDataset.source(plan).map(_LoadForEval(source, shape))
   ds = ds.batch(batch_size // processes).to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))
-  desc, norms, t0 = [], [], time.time()
-  for i, images in enumerate(ds):
+  desc, norms = [], []
+  for images in ds:
     d, g = embed_fn(state.params["model"], state.batch_stats,
                     sharding.global_batch(images, mesh))
     desc.append(np.asarray(d))
     norms.append(np.asarray(g))
-    done = min((i + 1) * batch_size, n)
-    if (i + 1) % 20 == 0 or done == n:
-      log(f"  embedded {name} {done}/{n} ({done / (time.time() - t0):.0f} images/s)")
-  desc, norms = np.concatenate(desc)[:n], np.concatenate(norms)[:n]
-  return desc, norms
+  return np.concatenate(desc)[:n], np.concatenate(norms)[:n]
 
 
 def categorize(pairs, query_ids, reference_ids, meta, gt) -> list[str]:
@@ -237,10 +293,11 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
   size, bs = config.eval.get("image_size", 0) or config.data.image_size, config.eval.batch_size
   refs_src, queries_src = (data.source(builder, s) for s in ("references", "queries"))
   log(f"Evaluating on {len(queries_src)} queries x {len(refs_src)} references")
+  resize = config.eval.get("resize", "square")
   ref_desc, ref_norm = embed_split(embed_fn, state, refs_src, size, bs, mesh,
-                                   "references", log)
+                                   "references", log, resize=resize)
   q_desc, q_norm = embed_split(embed_fn, state, queries_src, size, bs, mesh,
-                               "queries", log)
+                               "queries", log, resize=resize)
   meta = data.query_metadata(builder)
   query_ids = list(meta)
   reference_ids = [data.text(refs_src[i]["id"]) for i in range(len(refs_src))]
@@ -250,7 +307,7 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
   if sn.method != "none":
     background = data.source(background_builder or builder, "train")
     train_desc, _ = embed_split(embed_fn, state, background, size, bs, mesh,
-                                "train (score normalisation)", log)
+                                "train (score normalisation)", log, resize=resize)
     bias = search.score_normalization_bias(q_desc, train_desc, sn.method, sn.n,
                                            sn.n_end, sn.factor)
     pairs.score = pairs.score - bias[pairs.query_index]
@@ -313,7 +370,7 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
                    "gate_feature": config.model.gate_feature,
                    "num_queries": len(query_ids),
                    "num_references": len(reference_ids),
-                   "image_size": size, "steps": int(state.step)},
+                   "image_size": size, "resize": resize, "steps": int(state.step)},
       **results,
       "gate": gate_report(cats, keep),
       "decisions": {name: gate_report(cats, k) for name, (_, _, k) in variants.items()

@@ -217,7 +217,7 @@ def expected_strides(cfg) -> dict[str, int]:
 _FAMILY_HINT = {
     "mnv4": "a MobileNetV4 Conv-S (as sscd_distilled.onnx): set --config.model.variant=mnv4s "
             "--config.model.head=sscd --config.model.descriptor_dim=512",
-    "resnet": "a ResNet (as sscd.onnx): set --config.model.variant=r50 "
+    "resnet": "a ResNet-50 (as sscd.onnx): set --config.model.variant=r50 --config.model.width=64 "
               "--config.model.last_stride=2 --config.model.head=sscd "
               "--config.model.descriptor_dim=512",
 }
