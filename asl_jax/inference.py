@@ -56,7 +56,8 @@ class Run:
               np.zeros(0, np.float32))
     state = types.SimpleNamespace(params={"model": self.params}, batch_stats=self.batch_stats)
     return icd.embed_split(self._embed_fn, state, source, self.image_size,
-                           self.config.eval.batch_size, sharding.make_mesh(), name, log)
+                           self.config.eval.batch_size, sharding.make_mesh(), name, log,
+                           resize=self.config.eval.get("resize", "square"))
 
   def embed_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(descriptors, gate norms) of uint8 images [n, S, S, 3] already at the

@@ -8,7 +8,8 @@ Training batches hold N identities x K views, id-major (method.md §3.4):
 
 View 0 of each identity is the whole source image (information amount 1),
 as in the baselines' generated sets; views 1..K-1 are a random crop of
-`crop_area` of the image, resized, then the copy-edit chain; its
+`crop_area` of the image (amount: its area fraction, times the factor of
+each edit in data.edit_information), resized, then the copy-edit chain; its
 `paste_onto` edit pastes the view onto another training image (as DISC21's
 overlays onto other photos), so that the model meets the same kind of
 background as in the queries. Hard-negative
@@ -42,6 +43,8 @@ class ViewSpec:
   edit_probabilities: tuple[tuple[str, float], ...]  # Hashable for pickling.
   # Edit name -> its parameters as ((keyword, value), ...); see `view_spec`.
   edit_params: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
+  # Edit name -> information factor (data.edit_information; copy_edit_chain).
+  edit_information: tuple[tuple[str, float], ...] = ()
 
 
 def _frozen(value):
@@ -52,13 +55,15 @@ def _frozen(value):
 
 def view_spec(cfg) -> ViewSpec:
   """The ViewSpec of `config.data` (views_per_id, image_size, crop_area,
-  train_edits, edit_params)."""
+  train_edits, edit_params, edit_information)."""
   params = cfg.get("edit_params") or {}
+  information = cfg.get("edit_information") or {}
   return ViewSpec(
       cfg.views_per_id, cfg.image_size, tuple(cfg.crop_area),
       tuple(sorted((k, float(v)) for k, v in cfg.train_edits.items())),
       tuple(sorted((name, tuple(sorted((k, _frozen(v)) for k, v in kw.items())))
-                   for name, kw in params.items())))
+                   for name, kw in params.items())),
+      tuple(sorted((k, float(v)) for k, v in information.items())))
 
 
 class Backgrounds:
@@ -101,7 +106,8 @@ def make_views(image: np.ndarray | Image.Image, rng: np.random.Generator, spec: 
     box, amount = copy_edits.crop_box(image.height, image.width, rng, spec.crop_area)
     cropped = image.crop(box).resize(size, Image.BILINEAR)
     edited = copy_edits.copy_edit_chain(cropped, rng, probabilities, params=params,
-                                        background_fn=background_fn, work_size=spec.image_size)
+                                        background_fn=background_fn, work_size=spec.image_size,
+                                        information=dict(spec.edit_information))
     views.append(copy_edits.to_array(edited.image.resize(size, Image.BILINEAR)))
     amounts.append(amount * edited.information_amount)
   return np.stack(views), np.asarray(amounts, np.float32)

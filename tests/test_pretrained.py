@@ -119,3 +119,35 @@ def test_checkpoint_with_code_is_refused(tmp_path):
     pretrained.read_state_dict(path)
   with pytest.raises(UserError, match="no such file"):
     pretrained.read_state_dict(str(tmp_path / "missing.pth"))
+
+
+def test_sscd_torchvision_layout_fills_trunk_and_head(tmp_path):
+  """SSCD's torchvision layout (sscd/models/model.py, TV_RESNET50): the
+  model's `backbone` is a torchvision ResNet-50 whose `fc` is the projection
+  to the descriptor, GeM p = 3 in place of its avgpool, L2 after it."""
+  width, dims = 16, 32
+  net = random_torch_resnet(Bottleneck, (3, 4, 6, 3), 2, width)
+  net.fc = nn.Linear(width * 8 * 4, dims)
+  path = str(tmp_path / "sscd_disc_mixup.torchvision.pt")
+  torch.save({"backbone." + k: v for k, v in net.state_dict().items()}, path)
+  model = resnet.CopyDetector(variant="r50", width=width, last_stride=2, head="sscd",
+                              descriptor_dim=dims, gate_feature="descriptor")
+  images = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
+  variables = model.init(jax.random.key(1), jnp.asarray(images))
+  params, stats, report = pretrained.load_into(
+      variables["params"], variables["batch_stats"], pretrained.read_state_dict(path))
+  assert {"fc.weight", "fc.bias"} <= set(report.loaded)
+  assert report.new == [("gem", "p")] and not report.unused and not report.missing
+  aux = model.apply({"params": params, "batch_stats": stats}, jnp.asarray(images))
+  with torch.no_grad():
+    theirs = net.fc(net(torch.from_numpy(images.transpose(0, 3, 1, 2)))).numpy()
+  ours = np.asarray(aux["descriptor"])
+  assert ours.shape == theirs.shape == (2, dims)
+  np.testing.assert_allclose(ours, theirs, atol=1e-4 * np.abs(theirs).max())
+  np.testing.assert_array_equal(aux["gate_feature"], aux["descriptor"])
+  # The BoT head has no such layer: the projection is then ignored as `fc`.
+  bot = flax_model("r50", 2, width)
+  v = bot.init(jax.random.key(1), jnp.asarray(images))
+  _, _, report = pretrained.load_into(v["params"], v["batch_stats"],
+                                      pretrained.read_state_dict(path))
+  assert {"fc.weight", "fc.bias"} <= set(report.ignored)

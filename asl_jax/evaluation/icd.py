@@ -10,6 +10,7 @@ pairs are (true copies, hard negatives by kind, distractors), and writes
 
 import collections
 import dataclasses
+import io
 import json
 import os
 import time
@@ -18,6 +19,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from asl_jax import copy_edits, data, input_pipeline, sharding
 from asl_jax import gate as gate_lib
@@ -29,19 +31,54 @@ from asl_jax.models import resnet
 
 
 class _LoadForEval(grain.transforms.Map):
-  """Record index (or -1 for padding) -> resized uint8 image."""
+  """Record index (or -1 for padding) -> uint8 image resized to `shape` (h, w)."""
 
-  def __init__(self, source, image_size):
-    self.source, self.image_size = source, image_size
+  def __init__(self, source, shape):
+    self.source, self.shape = source, tuple(shape)
 
   def map(self, index):
     if index < 0:
-      return np.zeros((self.image_size, self.image_size, 3), np.uint8)
+      return np.zeros(self.shape + (3,), np.uint8)
     record = self.source[int(index)]
     # The JPEG decoder may scale by 1/2, 1/4 or 1/8 while both sides stay at
     # least the embedding size: the same resize, a fraction of the decoding.
-    image = np.asarray(data.decode_pil(record["image"], record, min_size=self.image_size))
-    return copy_edits.resize(image, (self.image_size, self.image_size))
+    image = np.asarray(data.decode_pil(record["image"], record, min_size=max(self.shape)))
+    return copy_edits.resize(image, self.shape)
+
+
+RESIZE_MODES = ("square", "short_side")
+SHAPE_MULTIPLE = 32  # short_side: the long side is rounded to a multiple of this.
+
+
+def eval_shape(height: int, width: int, size: int, resize: str = "square") -> tuple[int, int]:
+  """The (height, width) an image of that size is embedded at: `size` x `size`
+  (square), or its short side `size` and its long side scaled with it and
+  rounded to a multiple of 32 (short_side, as SSCD's evaluation resizes
+  the short side; the rounding keeps the number of shapes, and so of
+  compilations, small)."""
+  if resize == "square":
+    return size, size
+  scale = size / min(height, width)
+  long = max(SHAPE_MULTIPLE, int(round(max(height, width) * scale / SHAPE_MULTIPLE))
+             * SHAPE_MULTIPLE)
+  return (size, long) if height <= width else (long, size)
+
+
+def _stored_size(record) -> tuple[int, int]:
+  """(height, width) of a record's image from its header (nothing decoded)."""
+  with Image.open(io.BytesIO(record["image"])) as im:
+    return im.height, im.width
+
+
+def shape_groups(source, size: int, resize: str) -> dict[tuple[int, int], np.ndarray]:
+  """Embedding shape -> the record indices embedded at it."""
+  n = len(source)
+  if resize == "square":
+    return {(size, size): np.arange(n)}
+  groups = collections.defaultdict(list)
+  for i in range(n):
+    groups[eval_shape(*_stored_size(source[i]), size, resize)].append(i)
+  return {k: np.asarray(v) for k, v in sorted(groups.items())}
 
 
 def _plan(n: int, batch: int, process: int, processes: int) -> np.ndarray:
@@ -85,21 +122,46 @@ def eval_workers(num_workers: int) -> int:
 
 
 def embed_split(embed_fn, state, source, image_size, batch_size, mesh,
-                name="", log=print, num_threads=4, num_workers=0, timing=None):
+                name="", log=print, num_threads=4, num_workers=0, timing=None,
+                resize="square"):
   """(descriptors [n, d], gate norms [n]) for every record of a split, in
-  record order. num_workers > 0: decoding and resizing in that many Grain
+  record order, embedded at `eval_shape`'s shape (images of one shape batched
+  together). num_workers > 0: decoding and resizing in that many Grain
   worker processes (the JPEG decoder and PIL's resize hold the GIL for part of
   their work, so threads alone stay well short of the accelerator's rate),
   each with `num_threads` reader threads; 0: `num_threads` threads here.
   timing: a dict given here gets "first_batch_s" (worker start-up included)."""
   n = len(source)
+  desc, norms, done, t0 = None, None, 0, time.time()
+  groups = shape_groups(source, image_size, resize)
+  for shape, indices in groups.items():
+    d, g = _embed_indices(embed_fn, state, source, indices, shape, batch_size, mesh,
+                          num_threads, num_workers, timing if done == 0 else None)
+    if desc is None:
+      desc, norms = np.zeros((n, d.shape[1]), d.dtype), np.zeros(n, g.dtype)
+    desc[indices], norms[indices] = d, g
+    done += len(indices)
+    log(f"  embedded {name} {done}/{n} ({done / (time.time() - t0):.0f} images/s"
+        + (f"; {len(indices)} at {shape[0]}x{shape[1]}" if len(groups) > 1 else "") + ")")
+  if desc is None:
+    raise ValueError(f"the {name} split is empty")
+  return desc, norms
+
+
+def _embed_indices(embed_fn, state, source, indices, shape, batch_size, mesh, num_threads,
+                   num_workers=0, timing=None):
+  """(descriptors, gate norms) of the records `indices`, all resized to `shape`."""
+  n = len(indices)
   processes = jax.process_count()
   devices = jax.device_count()
-  # Whole device multiples, and no bigger than the split needs (a small split
-  # would otherwise be padded up to a full evaluation batch).
-  batch_size = max(min(batch_size, -(-n // devices) * devices) // devices, 1) * devices
+  # Whole device multiples, and no bigger than the group needs (a small group
+  # would otherwise be padded up to a full evaluation batch) rounded up to a
+  # power of two, so that groups of one shape in both splits share a program.
+  need = 1 << max(int(np.ceil(np.log2(max(-(-n // devices), 1)))), 0)
+  batch_size = max(min(batch_size, need * devices) // devices, 1) * devices
   plan = _plan(n, batch_size, jax.process_index(), processes)
-  ds = grain.MapDataset.source(plan).map(_LoadForEval(source, image_size))
+  plan = np.where(plan >= 0, indices[np.maximum(plan, 0)], -1)
+  ds = grain.MapDataset.source(plan).map(_LoadForEval(source, shape))
   ds = ds.batch(batch_size // processes).to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))
   if num_workers > 0 and len(plan):
@@ -107,20 +169,16 @@ def embed_split(embed_fn, state, source, image_size, batch_size, mesh,
         num_workers=min(num_workers, -(-len(plan) // (batch_size // processes))),
         per_worker_buffer_size=2))
   desc, norms, t0 = [], [], time.time()
-  for i, images in enumerate(ds):
+  for images in ds:
     d, g = embed_fn(state.params["model"], state.batch_stats,
                     sharding.global_batch(images, mesh))
     desc.append(np.asarray(d))
     norms.append(np.asarray(g))
-    if i == 0 and timing is not None:
+    if timing is not None and len(desc) == 1:
       timing["first_batch_s"] = time.time() - t0
-    done = min((i + 1) * batch_size, n)
-    if (i + 1) % 20 == 0 or done == n:
-      log(f"  embedded {name} {done}/{n} ({done / (time.time() - t0):.0f} images/s)")
   if hasattr(ds, "close"):
     ds.close()
-  desc, norms = np.concatenate(desc)[:n], np.concatenate(norms)[:n]
-  return desc, norms
+  return np.concatenate(desc)[:n], np.concatenate(norms)[:n]
 
 
 def categorize(pairs, query_ids, reference_ids, meta, gt) -> list[str]:
@@ -265,10 +323,11 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
   io_kw = {"num_workers": workers, "num_threads": 2 if workers else 4}
   refs_src, queries_src = (data.source(builder, s) for s in ("references", "queries"))
   log(f"Evaluating on {len(queries_src)} queries x {len(refs_src)} references")
+  resize = config.eval.get("resize", "square")
   ref_desc, ref_norm = embed_split(embed_fn, state, refs_src, size, bs, mesh,
-                                   "references", log, **io_kw)
+                                   "references", log, resize=resize, **io_kw)
   q_desc, q_norm = embed_split(embed_fn, state, queries_src, size, bs, mesh,
-                               "queries", log, **io_kw)
+                               "queries", log, resize=resize, **io_kw)
   meta = data.query_metadata(builder)
   query_ids = list(meta)
   reference_ids = [data.text(refs_src[i]["id"]) for i in range(len(refs_src))]
@@ -278,7 +337,7 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
   if sn.method != "none":
     background = data.source(background_builder or builder, "train")
     train_desc, _ = embed_split(embed_fn, state, background, size, bs, mesh,
-                                "train (score normalisation)", log, **io_kw)
+                                "train (score normalisation)", log, resize=resize, **io_kw)
     bias = search.score_normalization_bias(q_desc, train_desc, sn.method, sn.n,
                                            sn.n_end, sn.factor)
     pairs.score = pairs.score - bias[pairs.query_index]
@@ -346,7 +405,7 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
                    "gate_feature": config.model.gate_feature,
                    "num_queries": len(query_ids),
                    "num_references": len(reference_ids),
-                   "image_size": size, "steps": int(state.step)},
+                   "image_size": size, "resize": resize, "steps": int(state.step)},
       **results,
       "gate": gate_report(cats, keep),
       "decisions": {name: gate_report(cats, k) for name, (_, _, k) in variants.items()

@@ -10,7 +10,11 @@ Reads, without PyTorch:
 A state dict, or one nested under `state_dict` / `model` / `module`, with
 optional `module.`, `backbone.` or `model.` prefixes, is mapped onto the trunk
 of `CopyDetector`: convolutions [O, I, kh, kw] -> [kh, kw, I, O], BatchNorm
-weight/bias -> scale/bias and running_mean/var -> batch statistics. The
+weight/bias -> scale/bias and running_mean/var -> batch statistics. SSCD's
+torchvision layout (`sscd/models/model.py`: `backbone.*` a torchvision
+ResNet whose `fc` is the 2048 -> 512 projection, GeM p = 3 a constant, not a
+tensor) also fills the `model.head="sscd"` layer `embed_fc`; the GeM exponent
+keeps its initial value 3. The
 report says which tensors were loaded, which of the model's were new (GeM,
 projector, descriptor head) and which of the file's were ignored (the `fc`
 classifier, `num_batches_tracked`). A trunk tensor missing from the file, a
@@ -194,22 +198,49 @@ class LoadReport:
 
   def summary(self) -> str:
     return (f"{len(self.loaded)} tensors loaded, {len(self.new)} model leaves new "
-            f"(not in a ResNet file: {', '.join(sorted({p[0] for p in self.new})) or '-'}), "
+            f"(not in the file: {', '.join(sorted({p[0] for p in self.new})) or '-'}), "
             f"{len(self.ignored)} file tensors ignored ({', '.join(self.ignored[:4])}"
             f"{'...' if len(self.ignored) > 4 else ''}), {len(self.missing)} missing, "
             f"{len(self.mismatched)} mismatched, {len(self.unused)} unused")
 
 
+# SSCD's linear head: `backbone.fc` in its torchvision layout (the prefix is
+# stripped on reading), `embeddings.1` in its Classy Vision one.
+HEAD_NAMES = {"fc.weight": "kernel", "fc.bias": "bias", "embeddings.1.weight": "kernel",
+              "embeddings.1.bias": "bias"}
+
+
+def _head_target(name, value, params):
+  """('params', ('embed_fc', leaf)) when `name` is SSCD's linear head and the
+  model has one of its shape (model.head="sscd"), else None: an ImageNet
+  classifier `fc` (1000 outputs) stays ignored."""
+  leaf = HEAD_NAMES.get(name)
+  kernel = _get(params, ("embed_fc", "kernel"))
+  if leaf is None or kernel is None or value.shape[0] != kernel.shape[1]:
+    return None
+  if leaf == "kernel" and value.shape != kernel.shape[::-1]:
+    return None
+  return "params", ("embed_fc", leaf)
+
+
 def load_into(params: dict, batch_stats: dict, state_dict: dict, strict: bool = True,
               source: str = "the checkpoint"):
   """Returns (params, batch_stats, report) with the trunk taken from
-  `state_dict` (torchvision names). Arrays keep their dtypes; the caller
-  places them on devices."""
+  `state_dict` (torchvision names) and, for model.head="sscd", SSCD's linear
+  head (`fc` / `embeddings.1`, as `HEAD_NAMES`) where the file has one of the
+  model's shape. Arrays keep their dtypes; the caller places them on devices."""
   params = jax.tree.map(np.asarray, params)
   batch_stats = jax.tree.map(np.asarray, batch_stats)
   trees = {"params": params, "batch_stats": batch_stats}
   loaded, ignored, mismatched, unused, seen = [], [], [], [], set()
   for name, value in state_dict.items():
+    head = _head_target(name, value, params)
+    if head is not None:
+      leaf = value.T if value.ndim == 2 else value  # Linear [out, in] -> kernel [in, out].
+      trees["params"]["embed_fc"][head[1][1]] = leaf.astype(params["embed_fc"]["kernel"].dtype)
+      loaded.append(name)
+      seen.add(head)
+      continue
     if IGNORED.fullmatch(name):
       ignored.append(name)
       continue
@@ -231,7 +262,8 @@ def load_into(params: dict, batch_stats: dict, state_dict: dict, strict: bool = 
   trunk = [(c, p) for c, tree in trees.items() for p in _leaf_paths(tree)
            if _TRUNK.fullmatch(p[0])]
   missing = ["/".join((c,) + p) for c, p in trunk if (c, p) not in seen]
-  new = [p for p in _leaf_paths(params) if not _TRUNK.fullmatch(p[0])]
+  new = [p for p in _leaf_paths(params)
+         if not _TRUNK.fullmatch(p[0]) and ("params", p) not in seen]
   report = LoadReport(loaded, new, ignored, missing, mismatched, unused)
   problems = [(report.missing, "model tensors missing from the file"),
               (report.mismatched, "tensors with mismatched shapes"),

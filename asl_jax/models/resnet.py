@@ -8,7 +8,9 @@ bias)` whose output is ASL's gate feature, and a descriptor head
 for retrieval. Intermediates come back in an aux dict.
 
 Variants are strings: "r18", "r34", "r50", "r101", "r152" and "tiny" (a
-small basic-block ResNet for CPU demos and tests).
+small basic-block ResNet for CPU demos and tests); `build` also makes
+"mnv4s", the MobileNetV4 Conv-S of models/mobilenetv4.py. The head is BoT's
+(above) or SSCD's (`model.head="sscd"`: GeM -> Dense -> descriptor).
 """
 
 import functools
@@ -19,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 # (block, blocks per stage, stem: "imagenet" 7x7/2 + maxpool or "small" 3x3/2).
+MOBILENET_VARIANTS = ("mnv4s",)  # models/mobilenetv4.py.
 VARIANTS = {
     "tiny": ("basic", (1, 1, 1, 1), "small"),
     "r18": ("basic", (2, 2, 2, 2), "imagenet"),
@@ -230,14 +233,96 @@ class WaveBlock(nn.Module):
     return x * mask[:, :, None, None]
 
 
+# model.gate_feature -> the aux entry whose norm the loss and the gate read.
+# gate_head: a separate small MLP on the pooled feature, behind a stop-gradient,
+# so that only the norm-ratio loss trains it and the descriptor stays as it was
+# (for a pretrained descriptor; `gate_head`).
+GATE_FEATURES = {"projector": "projected", "pooled": "pooled", "descriptor": "descriptor",
+                 "gate_head": "gate_head"}
+HEADS = ("bot", "sscd")
+
+
+def check_head(head: str, gate_feature: str):
+  """ValueError for an unknown head or a gate feature the head lacks."""
+  if head not in HEADS:
+    raise ValueError(f"model.head must be one of {HEADS}, got {head!r}.")
+  if gate_feature not in GATE_FEATURES or (head == "sscd" and gate_feature == "projector"):
+    allowed = [g for g in GATE_FEATURES if head == "bot" or g != "projector"]
+    raise ValueError(f"model.gate_feature must be one of {allowed} with model.head={head!r}, "
+                     f"got {gate_feature!r}.")
+
+
+def gate_head(pooled, dims):
+  """The separate gate feature (model.gate_feature="gate_head"): Dense -> ReLU
+  -> ... -> Dense over `dims` on the pooled feature, whose gradient stops
+  here, so that the gate learns from the norm-ratio loss alone and no
+  gradient of it reaches the trunk or the descriptor. The last layer has no
+  ReLU so that its norm can go both ways."""
+  h = jax.lax.stop_gradient(pooled).astype(jnp.float32)
+  for i, dim in enumerate(dims):
+    h = nn.Dense(dim, name=f"gate_fc{i + 1}")(h)
+    if i < len(dims) - 1:
+      h = nn.relu(h)
+  return h
+
+
+def descriptor_head(pooled, *, head, projector_dims, descriptor_dim, gate_feature, norm, dtype,
+                    gate_head_dims=(256, 64)):
+  """The aux dict from the pooled trunk feature; called inside a module's
+  compact __call__, so that the layers are that module's (top-level names).
+
+  head="bot": projector `Dense -> BN -> LeakyReLU -> Dense -> BN(no bias)`
+  (`projected`) and descriptor head `BN -> LeakyReLU -> Dense -> BN(no bias)`
+  (`descriptor`), as BoT/D²LV. head="sscd": SSCD's `Dense` (`embed_fc`) from
+  the pooled feature straight to the descriptor; `projected` is the same
+  descriptor (the classifier's input). `descriptor` is never L2-normalised
+  here (evaluation and the losses do it), so its norm can serve as the gate.
+  gate_feature="gate_head" adds `gate_head` (`gate_head`, of `gate_head_dims`).
+  """
+  if head == "sscd":
+    d = nn.Dense(descriptor_dim, dtype=dtype, name="embed_fc")(pooled).astype(jnp.float32)
+    aux = {"pooled": pooled, "projected": d, "descriptor": d}
+  else:
+    h = nn.Dense(projector_dims[0], dtype=dtype, name="proj_fc1")(pooled)
+    h = nn.leaky_relu(norm(name="proj_bn1")(h), 0.2)
+    h = nn.Dense(projector_dims[1], dtype=dtype, name="proj_fc2")(h)
+    projected = norm(use_bias=False, name="proj_bn2")(h)
+    d = nn.leaky_relu(norm(name="desc_bn1")(projected), 0.2)
+    d = nn.Dense(descriptor_dim, dtype=dtype, name="desc_fc")(d)
+    descriptor = norm(use_bias=False, name="desc_bn2")(d)
+    aux = {"pooled": pooled, "projected": projected.astype(jnp.float32),
+           "descriptor": descriptor.astype(jnp.float32)}
+  if gate_feature == "gate_head":
+    aux["gate_head"] = gate_head(pooled, gate_head_dims)
+  aux["gate_feature"] = aux[GATE_FEATURES[gate_feature]]
+  return aux
+
+
+def projected_dim(cfg) -> int:
+  """The width of the `projected` output (the classifier's input)."""
+  return cfg.descriptor_dim if cfg.get("head", "bot") == "sscd" else cfg.projector_dims[1]
+
+
+def make_norm(train: bool, bn_groups: int, momentum: float, dtype):
+  """BatchNorm (ghost BatchNorm over `bn_groups` slices when > 1) with
+  running statistics when not training."""
+  if bn_groups > 1:
+    return functools.partial(GhostBatchNorm, bn_groups, not train, momentum, 1e-5, dtype)
+  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=momentum,
+                           epsilon=1e-5, dtype=dtype)
+
+
 class CopyDetector(nn.Module):
-  """Trunk + GeM + projector (gate feature) + descriptor head."""
+  """Trunk + GeM + descriptor head (`descriptor_head`: BoT's projector and
+  descriptor head, or SSCD's linear layer)."""
   variant: str = "r50"
   width: int = 64
   last_stride: int = 1
   projector_dims: Sequence[int] = (4096, 8192)
   descriptor_dim: int = 256
-  gate_feature: str = "projector"  # or "pooled"
+  gate_feature: str = "projector"  # or "pooled", "descriptor" (GATE_FEATURES).
+  head: str = "bot"  # bot (projector + descriptor head) | sscd (Dense to the descriptor).
+  gate_head_dims: Sequence[int] = (256, 64)  # With gate_feature="gate_head".
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9  # PyTorch's momentum 0.1.
   bn_groups: int = 1  # Ghost BatchNorm groups (4 mimics BoT's 4 GPUs).
@@ -250,20 +335,12 @@ class CopyDetector(nn.Module):
     if self.variant not in VARIANTS:
       raise ValueError(f"Unknown model variant {self.variant!r}; "
                        f"expected one of {sorted(VARIANTS)}.")
-    if self.gate_feature not in ("projector", "pooled"):
-      raise ValueError(f"model.gate_feature must be 'projector' or 'pooled', "
-                       f"got {self.gate_feature!r}.")
+    check_head(self.head, self.gate_feature)
 
   @nn.compact
   def __call__(self, images, train: bool = False):
     """images: [B, H, W, 3] float in ImageNet-normalised units."""
-    if self.bn_groups > 1:
-      norm = functools.partial(GhostBatchNorm, self.bn_groups, not train,
-                               self.bn_momentum, 1e-5, self.dtype)
-    else:
-      norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                               momentum=self.bn_momentum, epsilon=1e-5,
-                               dtype=self.dtype)
+    norm = make_norm(train, self.bn_groups, self.bn_momentum, self.dtype)
     block_name, stages, stem = VARIANTS[self.variant]
     block = BasicBlock if block_name == "basic" else Bottleneck
     conv = functools.partial(Conv, dtype=self.dtype, im2col=self.small_conv_im2col,
@@ -284,18 +361,10 @@ class CopyDetector(nn.Module):
       if self.wave_block and i in (1, 2):  # After layer2 and layer3, as BoT.
         x = WaveBlock(chunk=self.wave_chunk, name=f"wave{i + 1}")(x, train)
     pooled = GeM(name="gem")(x)
-    h = nn.Dense(self.projector_dims[0], dtype=self.dtype, name="proj_fc1")(pooled)
-    h = nn.leaky_relu(norm(name="proj_bn1")(h), 0.2)
-    h = nn.Dense(self.projector_dims[1], dtype=self.dtype, name="proj_fc2")(h)
-    projected = norm(use_bias=False, name="proj_bn2")(h)
-    d = nn.leaky_relu(norm(name="desc_bn1")(projected), 0.2)
-    d = nn.Dense(self.descriptor_dim, dtype=self.dtype, name="desc_fc")(d)
-    descriptor = norm(use_bias=False, name="desc_bn2")(d)
-    aux = {"pooled": pooled, "projected": projected.astype(jnp.float32),
-           "descriptor": descriptor.astype(jnp.float32)}
-    aux["gate_feature"] = aux["projected" if self.gate_feature == "projector"
-                              else "pooled"]
-    return aux
+    return descriptor_head(pooled, head=self.head, projector_dims=self.projector_dims,
+                           descriptor_dim=self.descriptor_dim,
+                           gate_feature=self.gate_feature, norm=norm, dtype=self.dtype,
+                           gate_head_dims=tuple(self.gate_head_dims))
 
 
 class Classifier(nn.Module):
@@ -325,13 +394,18 @@ class Classifier(nn.Module):
     return logits
 
 
-def build(cfg) -> CopyDetector:
-  """Builds the model from `config.model`."""
+def build(cfg) -> nn.Module:
+  """Builds the model from `config.model`: a CopyDetector, or for
+  variant "mnv4s" the MobileNetV4 Conv-S student (models/mobilenetv4.py)."""
+  head = dict(projector_dims=tuple(cfg.projector_dims), descriptor_dim=cfg.descriptor_dim,
+              gate_feature=cfg.gate_feature, head=cfg.get("head", "bot"),
+              gate_head_dims=tuple(cfg.get("gate_head_dims", (256, 64))),
+              dtype=jnp.dtype(cfg.dtype), bn_groups=cfg.get("bn_groups", 1))
+  if cfg.variant in MOBILENET_VARIANTS:
+    from asl_jax.models import mobilenetv4  # It builds on this module's layers.
+    return mobilenetv4.MobileNetV4(variant=cfg.variant, **head)
   return CopyDetector(
-      variant=cfg.variant, width=cfg.width, last_stride=cfg.last_stride,
-      projector_dims=tuple(cfg.projector_dims),
-      descriptor_dim=cfg.descriptor_dim, gate_feature=cfg.gate_feature,
-      dtype=jnp.dtype(cfg.dtype), bn_groups=cfg.get("bn_groups", 1),
+      variant=cfg.variant, width=cfg.width, last_stride=cfg.last_stride, **head,
       wave_block=cfg.get("wave_block", False), wave_chunk=cfg.get("wave_chunk", 32),
       small_conv_im2col=on_cpu_if_auto(cfg.get("small_conv", "xla"), "im2col"),
       conv_canonical_grad=on_cpu_if_auto(cfg.get("conv_grad", "xla"), "canonical"))
