@@ -22,8 +22,11 @@ nvidia-smi -L 2>/dev/null || echo "(no nvidia-smi)"
 
 # step NAME MAX_SECONDS CMD...: runs CMD under timeout min(MAX, what is left of
 # the budget), its output filtered of absl log lines and teed into $out/NAME.txt.
+# GPU_CHECKS_STEPS (default "a b c d e photos") selects steps by their letter.
+steps=" ${GPU_CHECKS_STEPS:-a b c d e photos} "
 step() {
   local name=$1 max=$2; shift 2
+  case "$steps" in *" ${name%%_*} "*) ;; *) echo "== $name: not selected"; return;; esac
   local left=$((budget - (SECONDS - start)))
   local t=$((max < left ? max : left))
   if [ "$t" -lt 10 ]; then echo "== $name: skipped (budget spent)"; return; fi
@@ -78,6 +81,39 @@ bench e_max_autotune 300 --config configs/asl.py:ndec --only train --compare tor
   "${autotune[@]}" "${train[@]}"
 echo "== budgeted steps took $((SECONDS - start)) s"
 
-# == photos  (the coordinator's real-photo section goes here, before the summary)
+# == photos: SSCD's ResNet-50 (sscd.onnx) on a real-photo ICD set in the DISC21 layout, side by
+# side with the CPU recipe's student: evaluated as imported, then ASL fine-tuning (the gate head
+# alone, as configs/asl.py:sscd_photos; and the whole model at two learning rates). The set and
+# the file are given as PHOTOS_DIR and SSCD_ONNX (absent: skipped); each run has its own timeout.
+photos=${PHOTOS_DIR:-}; sscd=${SSCD_ONNX:-}
+if [[ "$steps" != *" photos "* ]]; then
+  echo "== photos: not selected"
+elif [ -n "$photos" ] && [ -d "$photos" ] && [ -f "$sscd" ]; then
+  pbudget=${GPU_CHECKS_PHOTOS_BUDGET:-240}; pstart=$SECONDS
+  prun() { local name=$1 max=$2; shift 2
+    local left=$((pbudget - (SECONDS - pstart)))
+    local t=$((max < left ? max : left))
+    if [ "$t" -lt 20 ]; then echo "== $name: skipped (photo budget spent)"; return; fi
+    echo "== $name (timeout ${t}s)"
+    local t0=$SECONDS
+    timeout -k 10 "$t" "$py" -m asl_jax.main --config configs/asl.py:sscd_photos \
+      --workdir "/tmp/runs/$name" --config.data.manual_dir="$photos" \
+      --config.data.name=folder/photo_set --config.model.variant=r50 \
+      --config.model.init_from="$sscd" --config.data.num_workers=8 \
+      --config.eval.verify.workers="$cores" "$@" 2>&1 | grep -v "^[WI][0-9]" \
+      | grep -v "^\s" | tail -n 40 | tee "$out/$name.txt"
+    echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s"
+    cp "/tmp/runs/$name/metrics.json" "$out/${name}_metrics.json" 2>/dev/null
+  }
+  prun p1_sscd_r50_as_imported 80 --config.train.total_steps=0
+  prun p2_sscd_r50_gate_head 80 --config.train.total_steps=300
+  prun p3_sscd_r50_all_lr1e-5 80 --config.train.total_steps=300 --config.optim.trainable= \
+    --config.loss.info_nce=1.0 --config.optim.learning_rate=1e-5
+  prun p4_sscd_r50_all_lr1e-4 80 --config.train.total_steps=300 --config.optim.trainable= \
+    --config.loss.info_nce=1.0 --config.optim.learning_rate=1e-4
+  "$py" benchmarks/photo_summary.py "$out" 2>&1 | tee "$out/photo_summary.txt"
+else
+  echo "== photos: skipped (set PHOTOS_DIR to a DISC21-layout photo set and SSCD_ONNX to sscd.onnx)"
+fi
 
 "$py" benchmarks/gpu_summary.py "$out" | tee "$out/summary.txt"
