@@ -58,11 +58,11 @@ bench() { local name=$1 max=$2; shift 2
   step "$name" "$max" "$py" -m asl_jax.benchmark --json "$out/bench_$name.json" "$@"; }
 
 # (a) The paper recipe's step at 32 x 4 against PyTorch (eager, torch.compile), FLOPs and MFU.
-bench a_ndec_32x4 270 --config configs/asl.py:ndec --only train --compare torch "${train[@]}"
+bench a_ndec_32x4 220 --config configs/asl.py:ndec --only train --compare torch "${train[@]}"
 # (b) Exact search, 50k x 1M x 256, top-10: bf16 shortlist + float32 re-ranking vs the float32 scan.
-bench b_search 100 --config configs/asl.py:ndec --only search --search "$search"
+bench b_search 70 --config configs/asl.py:ndec --only search --search "$search"
 # (c) Evaluation embedding from JPEG files (640x480), in 0 and one-per-core Grain workers.
-bench c_embed_files 150 --config configs/asl.py:ndec --only embed_files "${files[@]}" \
+bench c_embed_files 100 --config configs/asl.py:ndec --only embed_files "${files[@]}" \
   "${tiny[@]+"${tiny[@]}"}"
 # (d) Training fed by pre-generated views, against the in-memory rate.
 data=/tmp/asl_bench_data
