@@ -42,7 +42,8 @@ def bench_search(qrd, k, faiss_queries=1000, precision=None, log=lambda _: None)
            "queries_per_s": q / exact_s, "top_k_agreement": 1.0,
            "agreement_against": "itself"}]
   if importlib.util.find_spec("faiss") is not None:
-    import faiss
+    from asl_jax.evaluation.search import _faiss
+    faiss = _faiss()
     nf = min(faiss_queries, q)
     flat = faiss.IndexFlatIP(d)
     flat.add(refs)

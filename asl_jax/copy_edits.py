@@ -1,7 +1,7 @@
 """Copy-edit operations on images, with the information amount each one keeps.
 
 These are the edits of ISC2021/DISC21 and of the BoT/D²LV training chains
-(`../shared/docs/method.md` §3.3): crops, resizes and aspect changes, flips,
+(the BoT `isc_100k_256` augmentation chain): crops, resizes and aspect changes, flips,
 rotation, colour jitter, grayscale, blur, JPEG re-encoding, pixelisation,
 padding, text and sticker overlays, and pasting the image onto another one.
 

@@ -1,7 +1,7 @@
 """Training losses: the ASL norm-ratio loss and the base metric-learning losses.
 
 Batches are id-major: N identities x K views, row `i * K + k` is view k of
-identity i (`../shared/docs/method.md` §2.2 and §3.4).
+identity i (ASL, Wang, Sun and Yang, AAAI 2023).
 """
 
 import jax

@@ -1,7 +1,7 @@
 """The Recall@k surrogate loss RS@k (Patel, Tolias and Matas, CVPR 2022).
 
-As the authors' code computes it (../shared/docs/recall_surrogate.md, A.2 and
-A.3): for each query q of a batch of L2-normalised embeddings and each of its
+As the authors' code computes it (the paper's Sections 3.2 and
+3.3): for each query q of a batch of L2-normalised embeddings and each of its
 positives x (same label, q itself excluded),
 
   soft rank  r(q, x) = 1 + sum_{z in Omega_q, z != x} sigmoid((s(q,z) - s(q,x)) / tau2)

@@ -1,6 +1,6 @@
 """The trivial floors of a copy-detection set in the DISC21 layout.
 
-  python benchmarks/trivial_floors.py --set ../shared/data/photo_dev --out /tmp/floors
+  python benchmarks/trivial_floors.py --set ~/photo_dev --out /tmp/floors
 
 Two descriptors that learn nothing: a 16 x 16 grayscale thumbnail (mean
 removed) and an 8 x 8 x 8 colour histogram (square-rooted: the Hellinger kernel), L2-normalised,

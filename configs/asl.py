@@ -14,12 +14,11 @@
       The same recipe without ASL (norm-ratio loss off), for the comparison.
   python -m asl_jax.main --config configs/asl.py:ndec_sscd ...  (and :ndec_sscd_baseline)
       The SSCD loss family (InfoNCE + KoLeo) on the same data, with/without ASL.
-  python -m asl_jax.main --config configs/asl.py:photos --workdir runs/photo_dev
-      The demo recipe on real photographs: the development set
-      ../shared/data/photo_dev (or --config.data.name=folder/<name>
-      --config.data.manual_dir=<folder> for yours), trained on its train/ pool,
-      no score normalisation, within 10 CPU minutes (README, "ASL on real
-      photographs").
+  python -m asl_jax.main --config configs/asl.py:photos --workdir runs/photos \
+      --config.data.manual_dir=<folder>
+      The demo recipe on a folder of real photographs in the DISC21 layout
+      (README, "Your own images"), trained from scratch on its train/ pool,
+      no score normalisation, within 10 CPU minutes for ~120 training photos.
   python -m asl_jax.main --config configs/asl.py:sscd_photos --workdir runs/sscd_photos \
       --config.data.name=folder/<name> --config.data.manual_dir=<folder> \
       --config.model.init_from=<dir>/sscd_distilled.onnx
@@ -267,13 +266,14 @@ def _sscd_recipe(c, asl: bool):
 
 
 def _photos_recipe(c):
-  """The demo on a folder of real photos (photo_dev by default): the 123-photo
-  pool is small, so 900 steps keep training and evaluation (with
-  verification) within 10 CPU minutes; its background set is too small for
-  score normalisation to help; the descriptor averages the image and its
-  mirror; verified copies are rescored (README, "ASL on real photographs")."""
-  c.data.update(name="folder/photo_dev", manual_dir="../shared/data/photo_dev",
-                pair_ids_per_batch=0)
+  """The demo on a folder of real photos (data.manual_dir, required; a set in
+  the DISC21 layout with a train/ pool): for a pool of ~120 photos, 900 steps
+  keep training and evaluation (with verification) within 10 CPU minutes;
+  such a background set is too small for score normalisation to help; the
+  descriptor averages the image and its mirror; verified copies are rescored
+  (docs/results.md, "ASL on real photographs")."""
+  c.data.update(name="folder/photos", manual_dir="", pair_ids_per_batch=0)
+  c.required_fields = ("data.manual_dir",)
   c.train.total_steps = 900
   c.eval.score_norm.method = "none"
   c.eval.flip_average = True      # +0.036 μAP without the gate (README).

@@ -1,6 +1,6 @@
 """Recall@k surrogate (RS@k; Patel, Tolias and Matas, CVPR 2022) configs for
 copy detection: one class per training image, N images x m views a batch
-(../shared/docs/recall_surrogate.md, A.9).
+(Patel, Tolias and Matas, CVPR 2022).
 
   python -m asl_jax.main --config configs/recall_surrogate.py --workdir runs/rs
       The default variant, `sym_asl`, on the embedded demo (`ndec/synthetic`,
@@ -21,8 +21,8 @@ Variants, `configs/recall_surrogate.py:<variant>`:
                224 px, B = 1000 images x 4 views = 4,000 in 20 chunks of 200
                (the paper's SOP setting, two-pass step), Adam at 1e-4 with the
                paper's schedule shape (x0.3 at 25/55 and 50/55 of the run).
-  photos_<design>[_asl]  the demo recipe on the real-photo development set
-               (as configs/asl.py:photos).
+  photos_<design>[_asl]  the demo recipe on a folder of real photos
+               (as configs/asl.py:photos; --config.data.manual_dir required).
 
 SiMix (`--config.loss.simix=True`), the query-in-rank convention
 (`loss.rs_query_in_rank`), K, τ1, τ2 and the two-pass chunk count

@@ -274,3 +274,15 @@ def test_missing_folder_set_directory_is_named_without_ndec_instructions(tmp_pat
   with pytest.raises(UserError, match="manual_dir=.*absent', is not a directory") as e:
     data.prepare(c, log=lambda _: None)
   assert "NDEC" not in str(e.value) and "download" not in str(e.value).lower()
+
+
+def test_faiss_imports_without_loader_noise():
+  """faiss's loader logs three ModuleNotFoundError lines for the CPU builds it
+  could not load when logging is at INFO (as absl sets it); the search
+  module's import of faiss silences them."""
+  code = ("import logging; logging.basicConfig(level=logging.INFO);"
+          "from asl_jax.evaluation import search; search._faiss()")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=120)
+  assert r.returncode == 0, r.stderr
+  assert "ModuleNotFoundError" not in r.stderr and "Could not load" not in r.stderr

@@ -3,7 +3,7 @@
 Every example is a pure function of (seed, split, index), so the set is
 deterministic for a seed and can be generated in parallel worker processes.
 
-Roles, as in DISC21 + NDEC (`../shared/docs/method.md` §4):
+Roles, as in DISC21 + NDEC (Wang, Sun and Yang, AAAI 2023):
 * `train`: source images `T000000`... (no copies of references);
 * `train_negative_pairs`: pairs of images that look alike but are not copies,
   one pair per NDEC hard-negative kind in turn;

@@ -13,6 +13,10 @@ import numpy as np
 
 def _faiss():
   """faiss, imported on first use (a GPU host may run without it)."""
+  import logging
+  # faiss's loader logs each CPU-specific build it could not load (three
+  # ModuleNotFoundError lines under absl's INFO logging): noise, not errors.
+  logging.getLogger("faiss.loader").setLevel(logging.WARNING)
   try:
     import faiss
   except ImportError:

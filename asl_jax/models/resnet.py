@@ -1,6 +1,6 @@
 """ResNet family with GeM pooling, the BoT projector and a descriptor head.
 
-As in the BoT/D²LV baselines (`../shared/docs/method.md` §3.1): a ResNet
+As in the BoT/D²LV baselines (Wang et al., ISC2021 D²LV and BoT code): a ResNet
 trunk (layer4 stride configurable, 1 in the paper), GeM pooling with a
 learnable exponent, a projector `Dense -> BN -> LeakyReLU -> Dense -> BN(no
 bias)` whose output is ASL's gate feature, and a descriptor head
