@@ -123,10 +123,19 @@ class WaveBlock(nn.Module):
     return x * mask.repeat_interleave(chunk, 0).to(x.dtype)[:, None, :, None]
 
 
+def plain_batch_norm(features, zero_init=False):
+  """torchvision's BatchNorm2d (the last of a block starts at zero when
+  zero_init): the blocks' default `norm`."""
+  bn = nn.BatchNorm2d(features)
+  if zero_init:
+    nn.init.zeros_(bn.weight)
+  return bn
+
+
 class Basic(nn.Module):
   expansion = 1
 
-  def __init__(self, cin, planes, stride, norm):
+  def __init__(self, cin, planes, stride, norm=plain_batch_norm):
     super().__init__()
     self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
     self.bn1 = norm(planes)
@@ -145,7 +154,7 @@ class Basic(nn.Module):
 class Bottleneck(nn.Module):
   expansion = 4
 
-  def __init__(self, cin, planes, stride, norm):
+  def __init__(self, cin, planes, stride, norm=plain_batch_norm):
     super().__init__()
     self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
     self.bn1 = norm(planes)
