@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from asl_jax.evaluation import io, search
+from asl_jax.evaluation import decisions, io, search
 from conftest import ROOT
 
 
@@ -184,8 +184,8 @@ def test_gates_hand_computed():
   c = search.Candidates(np.array([0, 0, 1]), np.array([0, 1, 1]), np.array([0.9, 0.8, 0.5],
                                                                             np.float32))
   qn, rn = np.array([2.0, 1.0]), np.array([3.0, 1.0])
-  np.testing.assert_array_equal(search.asl_gate(c, qn, rn), [True, False, True])
-  soft = search.soft_gate_scores(c, qn, rn, temperature=0.5)
+  np.testing.assert_array_equal(decisions.asl_gate(c, qn, rn), [True, False, True])
+  soft = decisions.soft_gate_scores(c, qn, rn, temperature=0.5)
   want = 0.9 / (1 + np.exp(-np.log(3 / 2) / 0.5))
   np.testing.assert_allclose(soft[0], want, rtol=1e-6)
   np.testing.assert_allclose(soft[2], 0.25, rtol=1e-6)  # Equal norms halve.
@@ -197,13 +197,13 @@ def test_soft_gate_demotes_for_either_sign_of_score():
   c = search.Candidates(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]),
                         np.array([-0.2, -0.2, 0.3, 0.3], np.float32))
   qn, rn = np.array([1.0, 1.0]), np.array([0.5, 2.0])  # Reference 0: the query holds more.
-  soft = search.soft_gate_scores(c, qn, rn, temperature=0.5)
+  soft = decisions.soft_gate_scores(c, qn, rn, temperature=0.5)
   assert soft[0] < soft[1] and soft[0] < -0.2 and soft[2] < soft[3]
   np.testing.assert_allclose(soft[0], -0.2 * (1 + np.exp(np.log(2) / 0.5)), rtol=1e-6)
   # Monotone in the score for a fixed norm ratio, through 0.
   grid = search.Candidates(np.zeros(5, int), np.zeros(5, int),
                            np.array([-1, -0.1, 0, 0.1, 1], np.float32))
-  assert np.all(np.diff(search.soft_gate_scores(grid, qn, rn, 0.5)) > 0)
+  assert np.all(np.diff(decisions.soft_gate_scores(grid, qn, rn, 0.5)) > 0)
 
 
 # -------------------------------------------------------------------- CLI --

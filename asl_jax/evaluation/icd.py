@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from asl_jax import copy_edits, data, input_pipeline, sharding
-from asl_jax import gate as gate_lib
+from asl_jax.evaluation import decisions, gate_apply
 from asl_jax.evaluation import io as eval_io
 from asl_jax.evaluation import metrics as metrics_lib
 from asl_jax.evaluation import report as report_lib
@@ -260,7 +260,7 @@ def view_norms(embed_fn, state, src, config, size, mesh, num_images: int) -> np.
 
 
 def calibrate(embed_fn, state, builder, config, size, mesh, log=print) -> dict | None:
-  """The calibrated gate threshold (gate.calibrate_threshold) from
+  """The calibrated gate threshold (decisions.calibrate_threshold) from
   `eval.calibration.num_images` training images and a crop of each
   (`view_norms`); None when the set has no training split."""
   if "train" not in builder.info.splits:
@@ -269,7 +269,7 @@ def calibrate(embed_fn, state, builder, config, size, mesh, log=print) -> dict |
   norms = view_norms(embed_fn, state, data.source(builder, "train"), config, size, mesh,
                      cal.num_images)
   n = len(norms)
-  result = gate_lib.calibrate_threshold(norms[:, 1] / np.maximum(norms[:, 0], 1e-12),
+  result = decisions.calibrate_threshold(norms[:, 1] / np.maximum(norms[:, 0], 1e-12),
                                         cal.max_copy_drop)
   log(f"  calibrated gate threshold {result['threshold']:.3f} on {n} training images: "
       f"drops {100 * result['training_copies_dropped']:.1f}% of their copies and "
@@ -282,7 +282,7 @@ def calibrate(embed_fn, state, builder, config, size, mesh, log=print) -> dict |
 def norm_diagnostics(embed_fn, state, refs_src, config, size, mesh, meta, q_norm, ref_norm,
                      calibration, log=print) -> dict:
   """Does the gate norm carry information amount, and where? The norm
-  ratio's separation (gate.separation, an AUC) of copy-direction and
+  ratio's separation (decisions.separation, an AUC) of copy-direction and
   reverse-direction pairs on: training images and crops of them (what the
   norm-ratio loss saw), references and crops of them (the same kind of views
   of images never trained on; a diagnostic, nothing is fitted on it), and
@@ -292,14 +292,14 @@ def norm_diagnostics(embed_fn, state, refs_src, config, size, mesh, meta, q_norm
   if n > 0:
     norms = view_norms(embed_fn, state, refs_src, config, size, mesh, n)
     ratio = norms[:, 1] / np.maximum(norms[:, 0], 1e-12)
-    out["unseen_views"] = gate_lib.separation(ratio, 1 / ratio)
+    out["unseen_views"] = decisions.separation(ratio, 1 / ratio)
   ref_pos = {data.text(refs_src[i]["id"]): i for i in range(len(refs_src))}
   ratio = lambda qi, r: float(q_norm[qi] / max(ref_norm[ref_pos[r]], 1e-12))
   copies = [ratio(i, m["reference_id"]) for i, m in enumerate(meta.values())
             if m["kind"] == "copy" and m["reference_id"] in ref_pos]
   reverse = [ratio(i, m["resembles_id"]) for i, m in enumerate(meta.values())
              if m["hard_negative_kind"] == "reverse_crop" and m["resembles_id"] in ref_pos]
-  out["set_pairs"] = gate_lib.separation(copies, reverse)
+  out["set_pairs"] = decisions.separation(copies, reverse)
   out["set_pairs_counts"] = {"copies": len(copies), "reverse_crops": len(reverse)}
   f = lambda x: "n/a" if x is None else f"{x:.3f}"
   log(f"  norm-ratio separation (AUC, 0.5 = none): training views {f(out['training_views'])}, "
@@ -338,14 +338,13 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
     background = data.source(background_builder or builder, "train")
     train_desc, _ = embed_split(embed_fn, state, background, size, bs, mesh,
                                 "train (score normalisation)", log, resize=resize, **io_kw)
-    bias = search.score_normalization_bias(q_desc, train_desc, sn.method, sn.n,
+    pairs.score = search.normalized_scores(pairs, q_desc, train_desc, sn.method, sn.n,
                                            sn.n_end, sn.factor)
-    pairs.score = pairs.score - bias[pairs.query_index]
-  keep = search.asl_gate(pairs, q_norm, ref_norm)
-  soft = search.soft_gate_scores(pairs, q_norm, ref_norm, config.eval.soft_gate_temperature)
+  keep = decisions.asl_gate(pairs, q_norm, ref_norm)
+  soft = decisions.soft_gate_scores(pairs, q_norm, ref_norm, config.eval.soft_gate_temperature)
   ev = config.eval
   decision = ev.get("decision", "norm")
-  gate_lib.check_decision(decision)
+  decisions.check_decision(decision)
   calibration = None
   if ev.calibration.num_images > 0:
     calibration = calibrate(embed_fn, state, background_builder or builder, config, size,
@@ -353,18 +352,17 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
   threshold = calibration["threshold"] if calibration else 1.0
   diagnostics = norm_diagnostics(embed_fn, state, refs_src, config, size, mesh, meta,
                                  q_norm, ref_norm, calibration, log)
-  calibrated_keep = gate_lib.norm_keep(pairs.query_index, pairs.reference_index, q_norm,
-                                       ref_norm, threshold)
-  verdicts, verify_timing, verify_cfg = None, None, gate_lib.verify_config(ev.verify)
+  calibrated_keep = decisions.asl_gate(pairs, q_norm, ref_norm, threshold)
+  verdicts, verify_timing, verify_cfg = None, None, decisions.verify_config(ev.verify)
   if decision.startswith("verify") or ev.rescore:
-    verdicts, verify_timing = gate_lib.verify_candidates(
+    verdicts, verify_timing = decisions.verify_candidates(
         pairs.query_index, pairs.reference_index, lambda i: _image(queries_src, i),
         lambda i: _image(refs_src, i),
         verify_cfg, ev.verify.workers, log)
-  final_keep = gate_lib.combine(decision, keep, calibrated_keep, verdicts or [])
+  final_keep = decisions.combine(decision, keep, calibrated_keep, verdicts or [])
   final_scores = pairs.score
   if ev.rescore and verdicts is not None:
-    final_scores = gate_lib.rescored(pairs.score, verdicts, ev.rescore)
+    final_scores = decisions.rescored(pairs.score, verdicts, ev.rescore)
   variants = {"without_gate": (pairs, pairs.score, None),
               "with_gate": (pairs.select(keep), pairs.score[keep], keep),
               "soft_gate": (pairs, soft, None),
@@ -372,7 +370,7 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
                                   calibrated_keep)}
   if verdicts is not None:
     for name in ("verify", "verify_else_norm", "verify_else_calibrated"):
-      k = gate_lib.combine(name, keep, calibrated_keep, verdicts)
+      k = decisions.combine(name, keep, calibrated_keep, verdicts)
       variants[name] = (pairs.select(k), pairs.score[k], k)
   variants["decision"] = (pairs.select(final_keep), final_scores[final_keep], final_keep)
   results, curves = {}, {}
@@ -390,7 +388,7 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
   gate_record = {"decision": decision, "rescore": float(ev.rescore),
                  "calibration": calibration, "verify": dataclasses.asdict(verify_cfg),
                  "gate_feature": config.model.gate_feature,
-                 "images": gate_lib.images_record(builder.info.full_name, {
+                 "images": gate_apply.images_record(builder.info.full_name, {
                      "queries": (query_ids, lambda i: _image(queries_src, query_ids.index(i))),
                      "references": (reference_ids,
                                     lambda i: _image(refs_src, reference_ids.index(i)))})}
