@@ -78,8 +78,8 @@ def main(argv=None) -> int:
     pred = eval_io.read_predictions(args.predictions)
     gt_rows = eval_io.read_ground_truth(args.ground_truth) if args.ground_truth else None
     result = gate_apply.apply((pred.query_ids, pred.reference_ids, pred.scores), args.workdir,
-                   queries, references, args.decision, args.rescore, args.workers,
-                   log=lambda m: print(m, file=sys.stderr))
+                              queries, references, args.decision, args.rescore, args.workers,
+                              log=lambda m: print(m, file=sys.stderr))
     eval_io.write_predictions(args.output, result["query_ids"], result["reference_ids"],
                               result["scores"])
     report = {k: v for k, v in result.items()

@@ -325,11 +325,11 @@ def test_short_side_resize_groups_by_shape_and_keeps_order():
   import jax
   from PIL import Image
   from asl_jax import sharding
-  from asl_jax.evaluation import icd
-  assert icd.eval_shape(300, 400, 288) == (288, 288)  # square is the default.
-  assert icd.eval_shape(300, 400, 288, "short_side") == (288, 384)
-  assert icd.eval_shape(512, 341, 288, "short_side") == (448, 288)  # 432.4 -> 448.
-  assert icd.eval_shape(120, 100, 64, "short_side") == (64, 64)  # 76.8 -> 64.
+  from asl_jax.evaluation import embedding
+  assert embedding.eval_shape(300, 400, 288) == (288, 288)  # square is the default.
+  assert embedding.eval_shape(300, 400, 288, "short_side") == (288, 384)
+  assert embedding.eval_shape(512, 341, 288, "short_side") == (448, 288)  # 432.4 -> 448.
+  assert embedding.eval_shape(120, 100, 64, "short_side") == (64, 64)  # 76.8 -> 64.
   rng = np.random.default_rng(0)
   sizes = [(300, 400), (512, 341), (200, 200), (330, 440), (90, 60)]
   source = []
@@ -337,7 +337,7 @@ def test_short_side_resize_groups_by_shape_and_keeps_order():
     buf = stdio.BytesIO()
     Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(buf, "PNG")
     source.append({"image": buf.getvalue(), "id": b"x"})
-  groups = icd.shape_groups(source, 96, "short_side")
+  groups = embedding.shape_groups(source, 96, "short_side")
   assert {k: list(v) for k, v in groups.items()} == {
       (96, 128): [0, 3], (96, 96): [2], (160, 96): [1], (128, 96): [4]}
 
@@ -348,12 +348,12 @@ def test_short_side_resize_groups_by_shape_and_keeps_order():
 
   mesh = sharding.make_mesh()
   state = types.SimpleNamespace(params={"model": None}, batch_stats=None)
-  desc, norms = icd.embed_split(embed, state, source, 96, 2, mesh, log=lambda _: None,
-                                resize="short_side")
+  desc, norms = embedding.embed_split(embed, state, source, 96, 2, mesh, log=lambda _: None,
+                                      resize="short_side")
   assert desc.shape == (5, 3) and jax.device_count() >= 1
   for i, (h, w) in enumerate(sizes):
-    shape = icd.eval_shape(h, w, 96, "short_side")
+    shape = embedding.eval_shape(h, w, 96, "short_side")
     image = np.asarray(Image.open(stdio.BytesIO(source[i]["image"])).convert("RGB"))
-    resized = icd.copy_edits.resize(image, shape)
+    resized = embedding.copy_edits.resize(image, shape)
     np.testing.assert_allclose(desc[i], [*shape, resized.mean()], rtol=1e-5)
     assert norms[i] == pytest.approx(resized.mean(), rel=1e-5)

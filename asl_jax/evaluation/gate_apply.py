@@ -161,7 +161,7 @@ def apply(predictions, workdir: str, queries, references,
         [qi[q] for q in q_ids], [ri[r] for r in r_ids], lambda i: load_q(uq[i]),
         lambda i: load_r(ur[i]), cfg, workers, log)
   keep = decisions.combine(decision, paper, calibrated,
-                 verdicts if verdicts is not None else [])
+                           verdicts if verdicts is not None else [])
   out_scores = np.asarray(scores, np.float32)
   if weight and verdicts is not None:
     out_scores = decisions.rescored(out_scores, verdicts, weight)
