@@ -1,6 +1,6 @@
 """The embed_files workload of `python -m asl_jax.benchmark`: evaluation
 embedding from JPEG files, end to end through the evaluation's own code
-(`evaluation/icd.embed_split`: Grain reading, decoding and resizing, in 0 or
+(`evaluation/embedding.embed_split`: Grain reading, decoding and resizing, in 0 or
 W worker processes, then the jitted embedding), on N photo-like JPEGs written
 in parallel into a temporary folder first. The record source reads each file's
 bytes on access (a prepared dataset reads the same bytes from ArrayRecord)."""
@@ -59,13 +59,13 @@ def bench_embed_files(config, num_images: int, workers_list, size=(640, 480),
   images (it is the slow baseline)."""
   import jax
   from asl_jax import sharding, train
-  from asl_jax.evaluation import icd
+  from asl_jax.evaluation import embedding
   mesh = sharding.make_mesh()
   model, _ = train.build_modules(config, 1)
   state = train.init_state(model, None, train.make_optimizer(config.optim, 10)[0], config,
                            jax.random.key(0), mesh)
-  embed = icd.make_embed_fn(model, mesh, config.eval.flip_average)
-  image_size = config.eval.image_size or config.data.image_size
+  embed = embedding.make_embed_fn(model, mesh, config.eval.flip_average)
+  image_size = embedding.embedding_size(config)
   rows = []
   with tempfile.TemporaryDirectory(prefix="asl_embed_files_") as folder:
     t0 = time.perf_counter()
@@ -74,18 +74,18 @@ def bench_embed_files(config, num_images: int, workers_list, size=(640, 480),
         f"{time.perf_counter() - t0:.1f} s")
     mb = sum(os.path.getsize(p) for p in paths[:100]) / min(100, len(paths)) / 1e6
     warm = JpegFiles(paths[:config.eval.batch_size])
-    icd.embed_split(embed, state, warm, image_size, config.eval.batch_size, mesh,
-                    log=lambda _: None)  # Compiles the embedding.
+    embedding.embed_split(embed, state, warm, image_size, config.eval.batch_size, mesh,
+                          log=lambda _: None)  # Compiles the embedding.
     reference = None
     for w in workers_list:
-      w = icd.eval_workers(w) if w == -1 and jax.default_backend() != "cpu" else (
+      w = embedding.eval_workers(w) if w == -1 and jax.default_backend() != "cpu" else (
           w if w >= 0 else (os.cpu_count() or 1))
       n = num_images if w else min(num_images, 2048)
       timing = {}
       t0 = time.perf_counter()
-      desc, _ = icd.embed_split(embed, state, JpegFiles(paths[:n]), image_size,
-                                config.eval.batch_size, mesh, log=lambda _: None,
-                                num_threads=2 if w else 4, num_workers=w, timing=timing)
+      desc, _ = embedding.embed_split(embed, state, JpegFiles(paths[:n]), image_size,
+                                      config.eval.batch_size, mesh, log=lambda _: None,
+                                      num_threads=2 if w else 4, num_workers=w, timing=timing)
       seconds = time.perf_counter() - t0
       assert desc.shape[0] == n
       first = timing["first_batch_s"]

@@ -202,13 +202,13 @@ def bench_embed(config, steps, warmup):
   import jax
   import numpy as np
   from asl_jax import sharding, train
-  from asl_jax.evaluation import icd
-  size = config.eval.image_size or config.data.image_size
+  from asl_jax.evaluation import embedding
+  size = embedding.embedding_size(config)
   mesh = sharding.make_mesh()
   model, _ = train.build_modules(config, 1)
   config_state = train.init_state(model, None, train.make_optimizer(config.optim, 10)[0],
                                   config, jax.random.key(0), mesh)
-  embed = icd.make_embed_fn(model, mesh, config.eval.flip_average)
+  embed = embedding.make_embed_fn(model, mesh, config.eval.flip_average)
   n = max(config.eval.batch_size // jax.device_count(), 1) * jax.device_count()
   images = sharding.global_batch(
       np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8), mesh)
@@ -334,7 +334,8 @@ def _torch_embed(config, device, compiled, steps, warmup, sync, flop):
   import numpy as np
   import torch
   from asl_jax import torch_reference
-  size = config.eval.image_size or config.data.image_size
+  from asl_jax.evaluation import embedding
+  size = embedding.embedding_size(config)
   n = config.eval.batch_size
   embed = torch_reference.embedder(config, device, compile=compiled)
   images = torch.from_numpy(np.random.default_rng(0).integers(

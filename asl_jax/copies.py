@@ -30,6 +30,7 @@ import dataclasses
 import numpy as np
 
 from asl_jax import image_folder, verification
+from asl_jax.evaluation import decisions
 
 # Verdicts where the two images share a region the verification found: the pairs
 # `find` reports (the others only with --unverified).
@@ -90,7 +91,7 @@ def direction(ab: verification.Verdict, ba: verification.Verdict, norm_a: float,
     verdict = "no_geometry"
   else:
     verdict = "conflicting"
-  return norm_a <= norm_b, verdict, "norm"
+  return decisions.norm_keep(norm_a, norm_b), verdict, "norm"  # The gate keeps A -> B.
 
 
 def verify_both_ways(pairs, load, cfg: verification.VerifyConfig, workers: int = 0):

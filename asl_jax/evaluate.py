@@ -48,24 +48,6 @@ _MAX = flags.DEFINE_integer("max_results", 0, "Refuse more predictions than this
 _WRITE = flags.DEFINE_string("write_predictions", None, "Also write the predictions here.")
 
 
-def evaluate_predictions(q, r, s, gt_rows, drop_unlisted=False, max_results=0) -> dict:
-  from asl_jax.evaluation import metrics
-  if max_results and len(q) > max_results:
-    raise UserError(f"{len(q)} predictions exceed --max_results={max_results}.")
-  listed = {row[0] for row in gt_rows}
-  if drop_unlisted:
-    keep = [i for i, qq in enumerate(q) if qq in listed]
-    q, r, s = [q[i] for i in keep], [r[i] for i in keep], [s[i] for i in keep]
-  gt = metrics.ground_truth_pairs(gt_rows)
-  try:
-    out = metrics.evaluate(q, r, s, gt)
-  except ValueError as e:  # Empty ground truth, duplicate pairs.
-    raise UserError(str(e)) from None
-  out["recall_at_p90_or_zero"] = metrics.recall_at_p90_or_zero(out)
-  out["num_queries_in_ground_truth"] = len(listed)
-  return out
-
-
 def check_flags(predictions, descriptor_flags: dict, k: int, budget: str | None):
   """The flags' combination and values, before any file is read."""
   given = [name for name, value in descriptor_flags.items() if value]
@@ -156,9 +138,8 @@ def _descriptor_predictions(gt_rows):
   if _SN.value != "none":
     if train is None:
       raise UserError("--score_norm needs --train_descriptors as the background set.")
-    bias = search.score_normalization_bias(qv, train, _SN.value, _SN_N.value,
+    cands.score = search.normalized_scores(cands, qv, train, _SN.value, _SN_N.value,
                                            _SN_END.value, _SN_F.value)
-    cands.score = cands.score - bias[cands.query_index]
     settings["score_norm"] = {"method": _SN.value, "n": _SN_N.value,
                               "n_end": _SN_END.value, "factor": _SN_F.value}
   q = [qids[i] for i in cands.query_index]
@@ -167,7 +148,7 @@ def _descriptor_predictions(gt_rows):
 
 
 def run() -> dict:
-  from asl_jax.evaluation import io
+  from asl_jax.evaluation import io, metrics
   if not _GT.value:
     raise UserError("--ground_truth G.csv is required.")
   check_flags(_PRED.value, {"--descriptors": _DESC.value, "--query_descriptors": _QDESC.value,
@@ -184,7 +165,7 @@ def run() -> dict:
   check_ids(q, gt_rows, r, log=lambda m: print(m, file=sys.stderr))
   if _WRITE.value:
     io.write_predictions(_WRITE.value, q, r, s)
-  out = evaluate_predictions(q, r, s, gt_rows, _DROP.value, _MAX.value)
+  out = metrics.evaluate_predictions(q, r, s, gt_rows, _DROP.value, _MAX.value)
   out["settings"] = settings
   return out
 

@@ -38,7 +38,7 @@ def parse(argv):
 
 def check(run, path: str, num_images: int = 4, seed: int = 0) -> dict:
   """Descriptors and gate norms of the file under onnxruntime against the
-  JAX model's (icd.make_embed_fn, what the run's evaluation embeds with), on
+  JAX model's (embedding.make_embed_fn, what the run's evaluation embeds with), on
   random images of the run's side with smooth structure."""
   import onnxruntime as ort
   from PIL import Image

@@ -8,7 +8,7 @@ image is read upright: the EXIF orientation tag that cameras and phones
 write instead of rotating the pixels is applied (`load`).
 
 `FolderSource` gives the images as records (`{"id", "image": encoded bytes}`)
-with the random access `evaluation/icd.embed_split` reads a prepared split
+with the random access `evaluation/embedding.embed_split` reads a prepared split
 with, so a folder is embedded exactly as the evaluation embeds its splits.
 """
 

@@ -1,6 +1,6 @@
 """A trained run's model for inference: its config, its latest checkpoint,
 and the embedding of folders and prepared splits exactly as the run's
-evaluation embeds its queries and references (`evaluation/icd.py`:
+evaluation embeds its queries and references (`evaluation/embedding.py`:
 eval.image_size, eval.flip_average, the L2-normalised descriptor and the
 gate feature's norm).
 
@@ -36,7 +36,8 @@ class Run:
   @property
   def image_size(self) -> int:
     """The side images are embedded at (eval.image_size, else data.image_size)."""
-    return int(self.config.eval.image_size or self.config.data.image_size)
+    from asl_jax.evaluation import embedding
+    return embedding.embedding_size(self.config)
 
   @property
   def flip_average(self) -> bool:
@@ -44,20 +45,21 @@ class Run:
 
   @functools.cached_property
   def _embed_fn(self):
-    from asl_jax.evaluation import icd
-    return icd.make_embed_fn(self.model, sharding.make_mesh(), self.flip_average)
+    from asl_jax.evaluation import embedding
+    return embedding.make_embed_fn(self.model, sharding.make_mesh(), self.flip_average)
 
   def embed(self, source, name: str = "", log=print) -> tuple[np.ndarray, np.ndarray]:
     """(descriptors [n, d], gate norms [n]) of every record of `source` (a
     prepared split or a `FolderSource`), with the evaluation's embedding."""
-    from asl_jax.evaluation import icd
+    from asl_jax.evaluation import embedding
     if not len(source):
       return (np.zeros((0, self.config.model.descriptor_dim), np.float32),
               np.zeros(0, np.float32))
     state = types.SimpleNamespace(params={"model": self.params}, batch_stats=self.batch_stats)
-    return icd.embed_split(self._embed_fn, state, source, self.image_size,
-                           self.config.eval.batch_size, sharding.make_mesh(), name, log,
-                           resize=self.config.eval.get("resize", "square"))
+    # .get: a config.json from before eval.resize has none ("square" then, as now).
+    return embedding.embed_split(self._embed_fn, state, source, self.image_size,
+                                 self.config.eval.batch_size, sharding.make_mesh(), name, log,
+                                 resize=self.config.eval.get("resize", "square"))
 
   def embed_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(descriptors, gate norms) of uint8 images [n, S, S, 3] already at the

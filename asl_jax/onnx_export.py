@@ -54,7 +54,7 @@ def inference_fn(run):
   def fn(images):
     aux = apply(images)
     d = unit(aux["descriptor"])
-    if run.flip_average:  # As icd.make_embed_fn: the mean of the two unit descriptors.
+    if run.flip_average:  # As embedding.make_embed_fn: the mean of the two unit descriptors.
       d = unit(d + unit(apply(images[:, :, ::-1])["descriptor"]))
     return d, jnp.linalg.norm(aux["gate_feature"], axis=-1)
   return fn

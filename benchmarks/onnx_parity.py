@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from asl_jax import data
-from asl_jax.evaluation import icd
+from asl_jax.evaluation import embedding
 from asl_jax.evaluation import io as eval_io
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "An asl_jax evaluation workdir.")
@@ -36,10 +36,10 @@ _K = flags.DEFINE_integer("k", 10, "Nearest references per query.")
 
 
 def ort_descriptors(session, source, size, resize, batch):
-  """ids, L2-normalised descriptors of every record, resized as icd does."""
+  """ids, L2-normalised descriptors of every record, resized as the evaluation does."""
   out = np.zeros((len(source), 0), np.float32)
-  for shape, indices in icd.shape_groups(source, size, resize).items():
-    load = icd._LoadForEval(source, shape)
+  for shape, indices in embedding.shape_groups(source, size, resize).items():
+    load = embedding._LoadForEval(source, shape)
     for start in range(0, len(indices), batch):
       chunk = indices[start:start + batch]
       images = np.stack([load.map(int(i)) for i in chunk])
@@ -63,7 +63,7 @@ def main(argv):
   import onnxruntime as ort
   with open(os.path.join(_WORKDIR.value, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  size = config.eval.image_size or config.data.image_size
+  size = embedding.embedding_size(config)
   resize = config.eval.get("resize", "square")
   builder = data.prepare(config.data, log=lambda _: None)
   options = ort.SessionOptions()

@@ -17,8 +17,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from asl_jax import evaluate
 from asl_jax.evaluation import io as eval_io
+from asl_jax.evaluation import metrics
 from asl_jax.evaluation import search
 
 
@@ -59,7 +59,7 @@ def main():
     qq = [qids[i] for i in c.query_index]
     rr = [rids[i] for i in c.reference_index]
     eval_io.write_predictions(os.path.join(args.out, f"{name}.csv"), qq, rr, c.score)
-    m = evaluate.evaluate_predictions(qq, rr, c.score, gt)
+    m = metrics.evaluate_predictions(qq, rr, c.score, gt)
     results[name] = {k: m[k] for k in ("micro_ap", "recall_at_p90", "recall_at_rank_1")}
   print(json.dumps(results, indent=2))
 

@@ -170,8 +170,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                   # accelerator host, none on a CPU-only one; 0 = threads here.
   e.flip_average = False          # Descriptor = mean of the image's and its mirror's.
   e.soft_gate_temperature = 0.1   # Soft gate (an extension): score x sigmoid(log ratio / T).
-  e.decision = "verify_else_norm"  # Pairs kept (asl_jax/gate.py): norm (the paper's gate) |
-                                  # calibrated_norm | verify | verify_else_norm |
+  e.decision = "verify_else_norm"  # Pairs kept (asl_jax/evaluation/decisions.py): norm (the
+                                  # paper's gate) | calibrated_norm | verify | verify_else_norm |
                                   # verify_else_calibrated | none. Extensions but norm.
   e.rescore = 1.0                 # Extension: + this to the score of verified copies.
   e.calibration = cal = ml_collections.ConfigDict()  # The calibrated gate's threshold:

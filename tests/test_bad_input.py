@@ -188,7 +188,7 @@ def _gate_run(tmp_path, record_from=None, **gate_json):
   import json
 
   import numpy as np
-  from asl_jax import gate
+  from asl_jax.evaluation import gate_apply
   from asl_jax.evaluation import io as eval_io
   from test_folder import make_set
   root = tmp_path / "s"
@@ -201,9 +201,9 @@ def _gate_run(tmp_path, record_from=None, **gate_json):
   eval_io.write_descriptors(str(run / "references.h5"), refs, np.zeros((5, 2)),
                             gate_norms=np.array([2, 2, 0.5, 2, 2]))
   src = record_from or root
-  load = lambda split: gate._image_loader(str(src / split))[0]
-  record = gate.images_record("folder/s", {"queries": (queries, load("queries")),
-                                           "references": (refs, load("references"))})
+  load = lambda split: gate_apply.image_loader(str(src / split))[0]
+  record = gate_apply.images_record("folder/s", {"queries": (queries, load("queries")),
+                                                 "references": (refs, load("references"))})
   (run / "gate.json").write_text(json.dumps({"decision": "verify", "rescore": 1.0,
                                              "verify": {}, "calibration": None,
                                              "images": record, **gate_json}))

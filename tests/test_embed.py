@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from asl_jax import data, embed, gate, image_folder
-from asl_jax.evaluation import io
+from asl_jax import data, embed, image_folder
+from asl_jax.evaluation import gate_apply, io
 from conftest import ROOT
 
 
@@ -114,8 +114,8 @@ def test_splits_reproduce_the_run_and_feed_evaluate_and_gate(tiny_run, tiny_buil
     shutil.copy(paths[split], other / f"{split}.h5")
   pred = io.read_predictions(os.path.join(workdir, "predictions_without_gate.csv"))
   triple = (pred.query_ids, pred.reference_ids, pred.scores)
-  mine = gate.apply(triple, str(other), None, None, decision="norm", log=lambda _: None)
-  theirs = gate.apply(triple, workdir, None, None, decision="norm", log=lambda _: None)
+  mine = gate_apply.apply(triple, str(other), None, None, decision="norm", log=lambda _: None)
+  theirs = gate_apply.apply(triple, workdir, None, None, decision="norm", log=lambda _: None)
   assert 0 < mine["kept"] < len(pred.query_ids)
   assert mine["query_ids"] == theirs["query_ids"]
   assert mine["reference_ids"] == theirs["reference_ids"]

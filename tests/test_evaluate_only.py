@@ -12,7 +12,7 @@ import pytest
 
 from asl_jax import checkpointing, data, sharding, train
 from asl_jax.errors import UserError
-from asl_jax.evaluation import icd, io
+from asl_jax.evaluation import embedding, io
 from conftest import tiny_config
 
 
@@ -51,10 +51,10 @@ def test_evaluate_another_runs_workdir_into_a_new_one(tiny_builder, data_dir, tm
     assert json.load(f)["file"] == source
   # The descriptors are those of the trained weights (not of a fresh init).
   mesh = sharding.make_mesh()
-  embed = icd.make_embed_fn(model, mesh)
+  embed = embedding.make_embed_fn(model, mesh)
   queries = data.source(tiny_builder, "queries")
-  expected, _ = icd.embed_split(embed, state, queries, e.eval.image_size, 32, mesh,
-                                log=lambda _: None)
+  expected, _ = embedding.embed_split(embed, state, queries, e.eval.image_size, 32, mesh,
+                                      log=lambda _: None)
   _, written = io.read_descriptors(os.path.join(target, "queries.h5"))
   np.testing.assert_allclose(written, expected, atol=1e-5)
   assert 0.0 <= metrics["without_gate"]["micro_ap"] <= 1.0

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from asl_jax.evaluation import io, search
+from asl_jax.evaluation import decisions, io, search
 from conftest import ROOT
 
 
@@ -184,8 +184,8 @@ def test_gates_hand_computed():
   c = search.Candidates(np.array([0, 0, 1]), np.array([0, 1, 1]), np.array([0.9, 0.8, 0.5],
                                                                             np.float32))
   qn, rn = np.array([2.0, 1.0]), np.array([3.0, 1.0])
-  np.testing.assert_array_equal(search.asl_gate(c, qn, rn), [True, False, True])
-  soft = search.soft_gate_scores(c, qn, rn, temperature=0.5)
+  np.testing.assert_array_equal(decisions.asl_gate(c, qn, rn), [True, False, True])
+  soft = decisions.soft_gate_scores(c, qn, rn, temperature=0.5)
   want = 0.9 / (1 + np.exp(-np.log(3 / 2) / 0.5))
   np.testing.assert_allclose(soft[0], want, rtol=1e-6)
   np.testing.assert_allclose(soft[2], 0.25, rtol=1e-6)  # Equal norms halve.
@@ -197,13 +197,13 @@ def test_soft_gate_demotes_for_either_sign_of_score():
   c = search.Candidates(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]),
                         np.array([-0.2, -0.2, 0.3, 0.3], np.float32))
   qn, rn = np.array([1.0, 1.0]), np.array([0.5, 2.0])  # Reference 0: the query holds more.
-  soft = search.soft_gate_scores(c, qn, rn, temperature=0.5)
+  soft = decisions.soft_gate_scores(c, qn, rn, temperature=0.5)
   assert soft[0] < soft[1] and soft[0] < -0.2 and soft[2] < soft[3]
   np.testing.assert_allclose(soft[0], -0.2 * (1 + np.exp(np.log(2) / 0.5)), rtol=1e-6)
   # Monotone in the score for a fixed norm ratio, through 0.
   grid = search.Candidates(np.zeros(5, int), np.zeros(5, int),
                            np.array([-1, -0.1, 0, 0.1, 1], np.float32))
-  assert np.all(np.diff(search.soft_gate_scores(grid, qn, rn, 0.5)) > 0)
+  assert np.all(np.diff(decisions.soft_gate_scores(grid, qn, rn, 0.5)) > 0)
 
 
 # -------------------------------------------------------------------- CLI --
@@ -325,11 +325,11 @@ def test_short_side_resize_groups_by_shape_and_keeps_order():
   import jax
   from PIL import Image
   from asl_jax import sharding
-  from asl_jax.evaluation import icd
-  assert icd.eval_shape(300, 400, 288) == (288, 288)  # square is the default.
-  assert icd.eval_shape(300, 400, 288, "short_side") == (288, 384)
-  assert icd.eval_shape(512, 341, 288, "short_side") == (448, 288)  # 432.4 -> 448.
-  assert icd.eval_shape(120, 100, 64, "short_side") == (64, 64)  # 76.8 -> 64.
+  from asl_jax.evaluation import embedding
+  assert embedding.eval_shape(300, 400, 288) == (288, 288)  # square is the default.
+  assert embedding.eval_shape(300, 400, 288, "short_side") == (288, 384)
+  assert embedding.eval_shape(512, 341, 288, "short_side") == (448, 288)  # 432.4 -> 448.
+  assert embedding.eval_shape(120, 100, 64, "short_side") == (64, 64)  # 76.8 -> 64.
   rng = np.random.default_rng(0)
   sizes = [(300, 400), (512, 341), (200, 200), (330, 440), (90, 60)]
   source = []
@@ -337,7 +337,7 @@ def test_short_side_resize_groups_by_shape_and_keeps_order():
     buf = stdio.BytesIO()
     Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(buf, "PNG")
     source.append({"image": buf.getvalue(), "id": b"x"})
-  groups = icd.shape_groups(source, 96, "short_side")
+  groups = embedding.shape_groups(source, 96, "short_side")
   assert {k: list(v) for k, v in groups.items()} == {
       (96, 128): [0, 3], (96, 96): [2], (160, 96): [1], (128, 96): [4]}
 
@@ -348,12 +348,12 @@ def test_short_side_resize_groups_by_shape_and_keeps_order():
 
   mesh = sharding.make_mesh()
   state = types.SimpleNamespace(params={"model": None}, batch_stats=None)
-  desc, norms = icd.embed_split(embed, state, source, 96, 2, mesh, log=lambda _: None,
-                                resize="short_side")
+  desc, norms = embedding.embed_split(embed, state, source, 96, 2, mesh, log=lambda _: None,
+                                      resize="short_side")
   assert desc.shape == (5, 3) and jax.device_count() >= 1
   for i, (h, w) in enumerate(sizes):
-    shape = icd.eval_shape(h, w, 96, "short_side")
+    shape = embedding.eval_shape(h, w, 96, "short_side")
     image = np.asarray(Image.open(stdio.BytesIO(source[i]["image"])).convert("RGB"))
-    resized = icd.copy_edits.resize(image, shape)
+    resized = embedding.copy_edits.resize(image, shape)
     np.testing.assert_allclose(desc[i], [*shape, resized.mean()], rtol=1e-5)
     assert norms[i] == pytest.approx(resized.mean(), rel=1e-5)

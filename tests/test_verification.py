@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from asl_jax import gate, verification
+from asl_jax import verification
 from asl_jax.errors import UserError
+from asl_jax.evaluation import decisions
 
 
 def photo(seed: int, width: int = 360, height: int = 270) -> np.ndarray:
@@ -110,14 +111,14 @@ def test_verify_pairs_gives_the_same_verdicts_with_threads():
 
 def test_calibrated_threshold_is_the_copy_ratio_quantile():
   ratios = np.linspace(0.5, 1.5, 101)  # Copy-direction ratios |g(view)| / |g(source)|.
-  cal = gate.calibrate_threshold(ratios, 0.1)
+  cal = decisions.calibrate_threshold(ratios, 0.1)
   assert cal["threshold"] == pytest.approx(1.4)
   assert cal["training_copies_dropped"] == pytest.approx(10 / 101)
   # Reverse ratios are 1 / ratios; above 1.4 only those of ratios < 1/1.4.
   assert cal["training_reverse_dropped"] == pytest.approx(np.mean(1 / ratios > 1.4))
   assert cal["paper_threshold_training_copies_dropped"] == pytest.approx(50 / 101)
   with pytest.raises(UserError, match="max_copy_drop"):
-    gate.calibrate_threshold(ratios, 1.0)
+    decisions.calibrate_threshold(ratios, 1.0)
 
 
 def test_combine_uses_verification_where_it_decides_and_the_norm_gate_elsewhere():
@@ -128,17 +129,17 @@ def test_combine_uses_verification_where_it_decides_and_the_norm_gate_elsewhere(
               V(False, True, 2, 9, np.nan, np.nan, "undecided:few_inliers")]
   paper = np.array([False, True, False, True])
   calibrated = np.array([True, True, True, False])
-  assert gate.combine("none", paper, calibrated, verdicts).tolist() == [True] * 4
-  assert gate.combine("norm", paper, calibrated, verdicts).tolist() == paper.tolist()
-  assert gate.combine("verify", paper, calibrated, verdicts).tolist() == [True, False, True,
+  assert decisions.combine("none", paper, calibrated, verdicts).tolist() == [True] * 4
+  assert decisions.combine("norm", paper, calibrated, verdicts).tolist() == paper.tolist()
+  assert decisions.combine("verify", paper, calibrated, verdicts).tolist() == [True, False, True,
                                                                          True]
-  assert gate.combine("verify_else_norm", paper, calibrated, verdicts).tolist() == [
+  assert decisions.combine("verify_else_norm", paper, calibrated, verdicts).tolist() == [
       True, False, False, True]
-  assert gate.combine("verify_else_calibrated", paper, calibrated, verdicts).tolist() == [
+  assert decisions.combine("verify_else_calibrated", paper, calibrated, verdicts).tolist() == [
       True, False, True, False]
-  assert gate.rescored([0.5, 0.5, 0.5, 0.5], verdicts, 1.0).tolist() == [1.5, 0.5, 0.5, 0.5]
+  assert decisions.rescored([0.5, 0.5, 0.5, 0.5], verdicts, 1.0).tolist() == [1.5, 0.5, 0.5, 0.5]
   with pytest.raises(UserError, match="eval.decision"):
-    gate.check_decision("maybe")
+    decisions.check_decision("maybe")
 
 
 def test_an_unmeasurable_outline_keeps_the_pair(monkeypatch):
@@ -152,7 +153,6 @@ def test_an_unmeasurable_outline_keeps_the_pair(monkeypatch):
 
 
 def test_reference_features_use_the_verify_settings(monkeypatch):
-  from asl_jax import gate
   seen = []
   real = verification.extract
 
@@ -164,8 +164,8 @@ def test_reference_features_use_the_verify_settings(monkeypatch):
   monkeypatch.setattr(verification, "extract", spy)
   cfg = verification.VerifyConfig(max_side=256, num_features=300)
   images = [P, crop(P, 0.1, 0.1, 0.7, 0.7)]
-  gate.verify_candidates([1], [0], lambda i: images[i], lambda i: images[i], cfg, 1,
-                         log=lambda _: None)
+  decisions.verify_candidates([1], [0], lambda i: images[i], lambda i: images[i], cfg, 1,
+                              log=lambda _: None)
   assert seen and set(seen) == {(256, 300)}
 
 

@@ -5,228 +5,25 @@ retrieves the k nearest references of each query with faiss, applies ASL's
 gate, computes the ISC metrics with and without it, counts what the predicted
 pairs are (true copies, hard negatives by kind, distractors), and writes
 `metrics.json`, `predictions.csv` (after the gate) and
-`predictions_without_gate.csv` into the workdir.
+`predictions_without_gate.csv` into the workdir. The parts live beside it:
+embedding.py (images to descriptors and gate norms), search.py (candidates,
+score normalisation), decisions.py (the gate and the other decisions),
+metrics.py and report.py (what is measured and shown).
 """
 
-import collections
 import dataclasses
-import io
 import json
 import os
-import time
 
-import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
-from asl_jax import copy_edits, data, input_pipeline, sharding
-from asl_jax import gate as gate_lib
+from asl_jax import data, input_pipeline, sharding
+from asl_jax.evaluation import decisions, embedding, gate_apply
 from asl_jax.evaluation import io as eval_io
 from asl_jax.evaluation import metrics as metrics_lib
 from asl_jax.evaluation import report as report_lib
 from asl_jax.evaluation import search
-from asl_jax.models import resnet
-
-
-class _LoadForEval(grain.transforms.Map):
-  """Record index (or -1 for padding) -> uint8 image resized to `shape` (h, w)."""
-
-  def __init__(self, source, shape):
-    self.source, self.shape = source, tuple(shape)
-
-  def map(self, index):
-    if index < 0:
-      return np.zeros(self.shape + (3,), np.uint8)
-    record = self.source[int(index)]
-    # The JPEG decoder may scale by 1/2, 1/4 or 1/8 while both sides stay at
-    # least the embedding size: the same resize, a fraction of the decoding.
-    image = np.asarray(data.decode_pil(record["image"], record, min_size=max(self.shape)))
-    return copy_edits.resize(image, self.shape)
-
-
-RESIZE_MODES = ("square", "short_side")
-SHAPE_MULTIPLE = 32  # short_side: the long side is rounded to a multiple of this.
-
-
-def eval_shape(height: int, width: int, size: int, resize: str = "square") -> tuple[int, int]:
-  """The (height, width) an image of that size is embedded at: `size` x `size`
-  (square), or its short side `size` and its long side scaled with it and
-  rounded to a multiple of 32 (short_side, as SSCD's evaluation resizes
-  the short side; the rounding keeps the number of shapes, and so of
-  compilations, small)."""
-  if resize == "square":
-    return size, size
-  scale = size / min(height, width)
-  long = max(SHAPE_MULTIPLE, int(round(max(height, width) * scale / SHAPE_MULTIPLE))
-             * SHAPE_MULTIPLE)
-  return (size, long) if height <= width else (long, size)
-
-
-def _stored_size(record) -> tuple[int, int]:
-  """(height, width) of a record's image from its header (nothing decoded)."""
-  with Image.open(io.BytesIO(record["image"])) as im:
-    return im.height, im.width
-
-
-def shape_groups(source, size: int, resize: str) -> dict[tuple[int, int], np.ndarray]:
-  """Embedding shape -> the record indices embedded at it."""
-  n = len(source)
-  if resize == "square":
-    return {(size, size): np.arange(n)}
-  groups = collections.defaultdict(list)
-  for i in range(n):
-    groups[eval_shape(*_stored_size(source[i]), size, resize)].append(i)
-  return {k: np.asarray(v) for k, v in sorted(groups.items())}
-
-
-def _plan(n: int, batch: int, process: int, processes: int) -> np.ndarray:
-  """Record indices this process loads, batch by batch (-1 pads)."""
-  per = batch // processes
-  chunks = []
-  for start in range(0, n, batch):
-    idx = np.arange(start + process * per, start + (process + 1) * per)
-    chunks.append(np.where(idx < min(start + batch, n), idx, -1))
-  return np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
-
-
-def make_embed_fn(model, mesh, flip_average: bool = False):
-  """(descriptors, gate norms) of a batch. flip_average: the descriptor is
-  the mean of the image's and its mirror image's (test-time augmentation:
-  horizontal flips are a common copy edit); the gate norm is the image's own."""
-  def embed(params, batch_stats, images):
-    apply = lambda x: model.apply({"params": params, "batch_stats": batch_stats},
-                                  resnet.images_to_input(x), train=False)
-    aux = apply(images)
-    d = aux["descriptor"]
-    d = d / jnp.maximum(jnp.linalg.norm(d, axis=-1, keepdims=True), 1e-12)
-    if flip_average:
-      m = apply(images[:, :, ::-1])["descriptor"]
-      d = d + m / jnp.maximum(jnp.linalg.norm(m, axis=-1, keepdims=True), 1e-12)
-      d = d / jnp.maximum(jnp.linalg.norm(d, axis=-1, keepdims=True), 1e-12)
-    return d, jnp.linalg.norm(aux["gate_feature"], axis=-1)
-  return jax.jit(embed, in_shardings=(None, None, sharding.data_sharding(mesh)),
-                 out_shardings=sharding.replicated(mesh))
-
-
-def eval_workers(num_workers: int) -> int:
-  """Worker processes of `eval.num_workers`: n >= 0 as given (0: threads in
-  this process); -1: one per core this process may use on an accelerator host,
-  none on a CPU-only one (its cores run the model)."""
-  if num_workers != -1:
-    return num_workers
-  if jax.default_backend() == "cpu":
-    return 0
-  return data.worker_processes({"num_workers": -1})
-
-
-def embed_split(embed_fn, state, source, image_size, batch_size, mesh,
-                name="", log=print, num_threads=4, num_workers=0, timing=None,
-                resize="square"):
-  """(descriptors [n, d], gate norms [n]) for every record of a split, in
-  record order, embedded at `eval_shape`'s shape (images of one shape batched
-  together). num_workers > 0: decoding and resizing in that many Grain
-  worker processes (the JPEG decoder and PIL's resize hold the GIL for part of
-  their work, so threads alone stay well short of the accelerator's rate),
-  each with `num_threads` reader threads; 0: `num_threads` threads here.
-  timing: a dict given here gets "first_batch_s" (worker start-up included)."""
-  n = len(source)
-  desc, norms, done, t0 = None, None, 0, time.time()
-  groups = shape_groups(source, image_size, resize)
-  for shape, indices in groups.items():
-    d, g = _embed_indices(embed_fn, state, source, indices, shape, batch_size, mesh,
-                          num_threads, num_workers, timing if done == 0 else None)
-    if desc is None:
-      desc, norms = np.zeros((n, d.shape[1]), d.dtype), np.zeros(n, g.dtype)
-    desc[indices], norms[indices] = d, g
-    done += len(indices)
-    log(f"  embedded {name} {done}/{n} ({done / (time.time() - t0):.0f} images/s"
-        + (f"; {len(indices)} at {shape[0]}x{shape[1]}" if len(groups) > 1 else "") + ")")
-  if desc is None:
-    raise ValueError(f"the {name} split is empty")
-  return desc, norms
-
-
-def _embed_indices(embed_fn, state, source, indices, shape, batch_size, mesh, num_threads,
-                   num_workers=0, timing=None):
-  """(descriptors, gate norms) of the records `indices`, all resized to `shape`."""
-  n = len(indices)
-  processes = jax.process_count()
-  devices = jax.device_count()
-  # Whole device multiples, and no bigger than the group needs (a small group
-  # would otherwise be padded up to a full evaluation batch) rounded up to a
-  # power of two, so that groups of one shape in both splits share a program.
-  need = 1 << max(int(np.ceil(np.log2(max(-(-n // devices), 1)))), 0)
-  batch_size = max(min(batch_size, need * devices) // devices, 1) * devices
-  plan = _plan(n, batch_size, jax.process_index(), processes)
-  plan = np.where(plan >= 0, indices[np.maximum(plan, 0)], -1)
-  ds = grain.MapDataset.source(plan).map(_LoadForEval(source, shape))
-  ds = ds.batch(batch_size // processes).to_iter_dataset(
-      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))
-  if num_workers > 0 and len(plan):
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=min(num_workers, -(-len(plan) // (batch_size // processes))),
-        per_worker_buffer_size=2))
-  desc, norms, t0 = [], [], time.time()
-  for images in ds:
-    d, g = embed_fn(state.params["model"], state.batch_stats,
-                    sharding.global_batch(images, mesh))
-    desc.append(np.asarray(d))
-    norms.append(np.asarray(g))
-    if timing is not None and len(desc) == 1:
-      timing["first_batch_s"] = time.time() - t0
-  if hasattr(ds, "close"):
-    ds.close()
-  return np.concatenate(desc)[:n], np.concatenate(norms)[:n]
-
-
-def categorize(pairs, query_ids, reference_ids, meta, gt) -> list[str]:
-  """What each candidate pair is: true_copy, hard_negative:<kind>,
-  distractor (the query has no copy and resembles nothing), negative (a
-  non-copy query of the real data, whose ground truth does not say which
-  kind) or wrong_reference."""
-  out = []
-  for qi, ri in zip(pairs.query_index, pairs.reference_index, strict=False):
-    q, r = query_ids[qi], reference_ids[ri]
-    m = meta.get(q, {})
-    if (q, r) in gt:
-      out.append("true_copy")
-    elif m.get("kind") == "hard_negative" and m.get("resembles_id") == r:
-      out.append("hard_negative:" + m["hard_negative_kind"])
-    elif m.get("kind") == "distractor":
-      out.append("distractor")
-    elif m.get("kind") == "negative":  # Real data: hard negative or distractor.
-      out.append("negative")
-    else:
-      out.append("wrong_reference")
-  return out
-
-
-def gate_report(categories, keep) -> dict:
-  """Counts of each category before and after the gate."""
-  before = collections.Counter(categories)
-  after = collections.Counter(c for c, k in zip(categories, keep, strict=False) if k)
-  counts = {c: {"before": before[c], "after": after[c]} for c in sorted(before)}
-  hn_before = sum(v for c, v in before.items() if c.startswith("hard_negative"))
-  hn_after = sum(v for c, v in after.items() if c.startswith("hard_negative"))
-  counts["hard_negative"] = {"before": hn_before, "after": hn_after}
-
-  def removed(cat):
-    b = counts.get(cat, {"before": 0, "after": 0})
-    return (b["before"] - b["after"]) / b["before"] if b["before"] else None
-
-  kinds = sorted(c for c in before if c.startswith("hard_negative:"))
-  return {"counts": counts,
-          "removed_fraction": {
-              "true_copy": removed("true_copy"),
-              "hard_negative": removed("hard_negative"),
-              "hard_negative:reverse_crop": removed("hard_negative:reverse_crop"),
-              **{c: removed(c) for c in kinds},
-              "distractor": removed("distractor"),
-              "negative": removed("negative"),
-              "wrong_reference": removed("wrong_reference"),
-          }}
 
 
 def view_norms(embed_fn, state, src, config, size, mesh, num_images: int) -> np.ndarray:
@@ -260,7 +57,7 @@ def view_norms(embed_fn, state, src, config, size, mesh, num_images: int) -> np.
 
 
 def calibrate(embed_fn, state, builder, config, size, mesh, log=print) -> dict | None:
-  """The calibrated gate threshold (gate.calibrate_threshold) from
+  """The calibrated gate threshold (decisions.calibrate_threshold) from
   `eval.calibration.num_images` training images and a crop of each
   (`view_norms`); None when the set has no training split."""
   if "train" not in builder.info.splits:
@@ -269,8 +66,8 @@ def calibrate(embed_fn, state, builder, config, size, mesh, log=print) -> dict |
   norms = view_norms(embed_fn, state, data.source(builder, "train"), config, size, mesh,
                      cal.num_images)
   n = len(norms)
-  result = gate_lib.calibrate_threshold(norms[:, 1] / np.maximum(norms[:, 0], 1e-12),
-                                        cal.max_copy_drop)
+  result = decisions.calibrate_threshold(norms[:, 1] / np.maximum(norms[:, 0], 1e-12),
+                                         cal.max_copy_drop)
   log(f"  calibrated gate threshold {result['threshold']:.3f} on {n} training images: "
       f"drops {100 * result['training_copies_dropped']:.1f}% of their copies and "
       f"{100 * result['training_reverse_dropped']:.1f}% of the reverse pairs (the paper's "
@@ -282,7 +79,7 @@ def calibrate(embed_fn, state, builder, config, size, mesh, log=print) -> dict |
 def norm_diagnostics(embed_fn, state, refs_src, config, size, mesh, meta, q_norm, ref_norm,
                      calibration, log=print) -> dict:
   """Does the gate norm carry information amount, and where? The norm
-  ratio's separation (gate.separation, an AUC) of copy-direction and
+  ratio's separation (decisions.separation, an AUC) of copy-direction and
   reverse-direction pairs on: training images and crops of them (what the
   norm-ratio loss saw), references and crops of them (the same kind of views
   of images never trained on; a diagnostic, nothing is fitted on it), and
@@ -292,14 +89,14 @@ def norm_diagnostics(embed_fn, state, refs_src, config, size, mesh, meta, q_norm
   if n > 0:
     norms = view_norms(embed_fn, state, refs_src, config, size, mesh, n)
     ratio = norms[:, 1] / np.maximum(norms[:, 0], 1e-12)
-    out["unseen_views"] = gate_lib.separation(ratio, 1 / ratio)
+    out["unseen_views"] = decisions.separation(ratio, 1 / ratio)
   ref_pos = {data.text(refs_src[i]["id"]): i for i in range(len(refs_src))}
   ratio = lambda qi, r: float(q_norm[qi] / max(ref_norm[ref_pos[r]], 1e-12))
   copies = [ratio(i, m["reference_id"]) for i, m in enumerate(meta.values())
             if m["kind"] == "copy" and m["reference_id"] in ref_pos]
   reverse = [ratio(i, m["resembles_id"]) for i, m in enumerate(meta.values())
              if m["hard_negative_kind"] == "reverse_crop" and m["resembles_id"] in ref_pos]
-  out["set_pairs"] = gate_lib.separation(copies, reverse)
+  out["set_pairs"] = decisions.separation(copies, reverse)
   out["set_pairs_counts"] = {"copies": len(copies), "reverse_crops": len(reverse)}
   f = lambda x: "n/a" if x is None else f"{x:.3f}"
   log(f"  norm-ratio separation (AUC, 0.5 = none): training views {f(out['training_views'])}, "
@@ -317,17 +114,17 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
   (default: `builder`).
   """
   mesh = sharding.make_mesh()
-  embed_fn = make_embed_fn(model, mesh, config.eval.get("flip_average", False))
-  size, bs = config.eval.get("image_size", 0) or config.data.image_size, config.eval.batch_size
-  workers = eval_workers(config.eval.get("num_workers", 0))
+  embed_fn = embedding.make_embed_fn(model, mesh, config.eval.flip_average)
+  size, bs = embedding.embedding_size(config), config.eval.batch_size
+  workers = embedding.eval_workers(config.eval.num_workers)
   io_kw = {"num_workers": workers, "num_threads": 2 if workers else 4}
   refs_src, queries_src = (data.source(builder, s) for s in ("references", "queries"))
   log(f"Evaluating on {len(queries_src)} queries x {len(refs_src)} references")
-  resize = config.eval.get("resize", "square")
-  ref_desc, ref_norm = embed_split(embed_fn, state, refs_src, size, bs, mesh,
-                                   "references", log, resize=resize, **io_kw)
-  q_desc, q_norm = embed_split(embed_fn, state, queries_src, size, bs, mesh,
-                               "queries", log, resize=resize, **io_kw)
+  resize = config.eval.resize
+  ref_desc, ref_norm = embedding.embed_split(embed_fn, state, refs_src, size, bs, mesh,
+                                             "references", log, resize=resize, **io_kw)
+  q_desc, q_norm = embedding.embed_split(embed_fn, state, queries_src, size, bs, mesh,
+                                         "queries", log, resize=resize, **io_kw)
   meta = data.query_metadata(builder)
   query_ids = list(meta)
   reference_ids = [data.text(refs_src[i]["id"]) for i in range(len(refs_src))]
@@ -336,16 +133,16 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
   sn = config.eval.score_norm
   if sn.method != "none":
     background = data.source(background_builder or builder, "train")
-    train_desc, _ = embed_split(embed_fn, state, background, size, bs, mesh,
-                                "train (score normalisation)", log, resize=resize, **io_kw)
-    bias = search.score_normalization_bias(q_desc, train_desc, sn.method, sn.n,
+    train_desc, _ = embedding.embed_split(embed_fn, state, background, size, bs, mesh,
+                                          "train (score normalisation)", log, resize=resize,
+                                          **io_kw)
+    pairs.score = search.normalized_scores(pairs, q_desc, train_desc, sn.method, sn.n,
                                            sn.n_end, sn.factor)
-    pairs.score = pairs.score - bias[pairs.query_index]
-  keep = search.asl_gate(pairs, q_norm, ref_norm)
-  soft = search.soft_gate_scores(pairs, q_norm, ref_norm, config.eval.soft_gate_temperature)
+  keep = decisions.asl_gate(pairs, q_norm, ref_norm)
+  soft = decisions.soft_gate_scores(pairs, q_norm, ref_norm, config.eval.soft_gate_temperature)
   ev = config.eval
-  decision = ev.get("decision", "norm")
-  gate_lib.check_decision(decision)
+  decision = ev.decision
+  decisions.check_decision(decision)
   calibration = None
   if ev.calibration.num_images > 0:
     calibration = calibrate(embed_fn, state, background_builder or builder, config, size,
@@ -353,18 +150,17 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
   threshold = calibration["threshold"] if calibration else 1.0
   diagnostics = norm_diagnostics(embed_fn, state, refs_src, config, size, mesh, meta,
                                  q_norm, ref_norm, calibration, log)
-  calibrated_keep = gate_lib.norm_keep(pairs.query_index, pairs.reference_index, q_norm,
-                                       ref_norm, threshold)
-  verdicts, verify_timing, verify_cfg = None, None, gate_lib.verify_config(ev.verify)
+  calibrated_keep = decisions.asl_gate(pairs, q_norm, ref_norm, threshold)
+  verdicts, verify_timing, verify_cfg = None, None, decisions.verify_config(ev.verify)
   if decision.startswith("verify") or ev.rescore:
-    verdicts, verify_timing = gate_lib.verify_candidates(
+    verdicts, verify_timing = decisions.verify_candidates(
         pairs.query_index, pairs.reference_index, lambda i: _image(queries_src, i),
         lambda i: _image(refs_src, i),
         verify_cfg, ev.verify.workers, log)
-  final_keep = gate_lib.combine(decision, keep, calibrated_keep, verdicts or [])
+  final_keep = decisions.combine(decision, keep, calibrated_keep, verdicts or [])
   final_scores = pairs.score
   if ev.rescore and verdicts is not None:
-    final_scores = gate_lib.rescored(pairs.score, verdicts, ev.rescore)
+    final_scores = decisions.rescored(pairs.score, verdicts, ev.rescore)
   variants = {"without_gate": (pairs, pairs.score, None),
               "with_gate": (pairs.select(keep), pairs.score[keep], keep),
               "soft_gate": (pairs, soft, None),
@@ -372,7 +168,7 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
                                   calibrated_keep)}
   if verdicts is not None:
     for name in ("verify", "verify_else_norm", "verify_else_calibrated"):
-      k = gate_lib.combine(name, keep, calibrated_keep, verdicts)
+      k = decisions.combine(name, keep, calibrated_keep, verdicts)
       variants[name] = (pairs.select(k), pairs.score[k], k)
   variants["decision"] = (pairs.select(final_keep), final_scores[final_keep], final_keep)
   results, curves = {}, {}
@@ -386,11 +182,11 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
     if jax.process_index() == 0 and name in ("without_gate", "decision"):
       fname = "predictions.csv" if name == "decision" else "predictions_without_gate.csv"
       eval_io.write_predictions(os.path.join(workdir, fname), q, r, scores)
-  cats = categorize(pairs, query_ids, reference_ids, meta, gt)
+  cats = report_lib.categorize(pairs, query_ids, reference_ids, meta, gt)
   gate_record = {"decision": decision, "rescore": float(ev.rescore),
                  "calibration": calibration, "verify": dataclasses.asdict(verify_cfg),
                  "gate_feature": config.model.gate_feature,
-                 "images": gate_lib.images_record(builder.info.full_name, {
+                 "images": gate_apply.images_record(builder.info.full_name, {
                      "queries": (query_ids, lambda i: _image(queries_src, query_ids.index(i))),
                      "references": (reference_ids,
                                     lambda i: _image(refs_src, reference_ids.index(i)))})}
@@ -407,8 +203,8 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
                    "num_references": len(reference_ids),
                    "image_size": size, "resize": resize, "steps": int(state.step)},
       **results,
-      "gate": gate_report(cats, keep),
-      "decisions": {name: gate_report(cats, k) for name, (_, _, k) in variants.items()
+      "gate": report_lib.gate_report(cats, keep),
+      "decisions": {name: report_lib.gate_report(cats, k) for name, (_, _, k) in variants.items()
                     if k is not None},
       "decision_settings": gate_record,
       "norm_diagnostics": diagnostics,
@@ -426,7 +222,7 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
     _write_outputs(workdir, report, curves, query_ids, reference_ids, q_desc, q_norm,
                    ref_desc, ref_norm, pairs, final_keep, gt, meta, queries_src, refs_src,
                    verdicts)
-  log(format_table(report))
+  log(report_lib.format_table(report))
   return report
 
 
@@ -491,39 +287,3 @@ def _gallery_rows(pairs, keep, qn, rn, gt, meta, query_ids, reference_ids, queri
                             f"norm ratio |g_q|/|g_r| = {qn[qi] / rn[ri]:.3f}",
                  "query": _image(queries_src, qi), "reference": _image(refs_src, ri)})
   return rows
-
-
-def format_table(report: dict) -> str:
-  """The short results table printed at the end of a run."""
-  def f(x):
-    return "  n/a " if x is None else f"{x:6.3f}"
-  names = ["without_gate", "with_gate", "soft_gate", "calibrated_gate", "decision"]
-  heads = ["no gate", "ASL gate", "soft gate", "calibr.", "decision"]
-  cols = [report[n] for n in names]
-  row = lambda name, key: f"{name:24s}" + "".join(f"{f(x[key]):>10s}" for x in cols)
-  decision = report.get("decision_settings", {}).get("decision", "norm")
-  lines = [
-      "",
-      f"{'':24s}" + "".join(f"{h:>10s}" for h in heads),
-      row("μAP", "micro_ap"), row("Recall@P90", "recall_at_p90"),
-      row("Recall@1", "recall_at_rank_1"),
-      f"{'predicted pairs:':24s}{'before':>10s}{'ASL gate':>10s}{'decision':>10s}",
-  ]
-  g, d = report["gate"], report["decisions"]["decision"]
-  for cat, c in g["counts"].items():
-    lines.append(f"  {cat:22s}{c['before']:>10d}{c['after']:>10d}"
-                 f"{d['counts'][cat]['after']:>10d}")
-  for label, rep in (("the paper's ASL gate", g), (f"the decision ({decision})", d)):
-    rf = rep["removed_fraction"]
-    kinds = ", ".join(f"{k.split(':')[1]} {_pct(v)}" for k, v in rf.items()
-                      if k.startswith("hard_negative:") and v is not None)
-    lines.append(f"{label} removes {_pct(rf['true_copy'])} of the true-copy pairs; of the "
-                 f"hard-negative pairs: {kinds or 'n/a'}")
-    if rf.get("negative") is not None:
-      lines.append(f"  and {_pct(rf['negative'])} of the pairs of non-copy queries (real "
-                   "data without kinds: hard negatives and distractors together)")
-  return "\n".join(lines)
-
-
-def _pct(x):
-  return "n/a" if x is None else f"{100 * x:.1f}%"

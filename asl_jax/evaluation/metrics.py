@@ -17,6 +17,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from asl_jax.errors import UserError
+
 GroundTruth = set[tuple[str, str]]
 
 
@@ -112,4 +114,24 @@ def evaluate(query_ids, reference_ids, scores, gt: GroundTruth) -> dict:
   """All the ISC metrics of one prediction list."""
   out = micro_ap(query_ids, reference_ids, scores, gt)
   out.update(recall_at_ranks(query_ids, reference_ids, scores, gt))
+  return out
+
+
+def evaluate_predictions(q, r, s, gt_rows, drop_unlisted=False, max_results=0) -> dict:
+  """The ISC metrics of predictions (query ids, reference ids, scores) against
+  ground-truth rows (query_id, reference_id or ""); drop_unlisted: leave out
+  queries the ground truth does not list; max_results: refuse more pairs."""
+  if max_results and len(q) > max_results:
+    raise UserError(f"{len(q)} predictions exceed --max_results={max_results}.")
+  listed = {row[0] for row in gt_rows}
+  if drop_unlisted:
+    keep = [i for i, qq in enumerate(q) if qq in listed]
+    q, r, s = [q[i] for i in keep], [r[i] for i in keep], [s[i] for i in keep]
+  gt = ground_truth_pairs(gt_rows)
+  try:
+    out = evaluate(q, r, s, gt)
+  except ValueError as e:  # Empty ground truth, duplicate pairs.
+    raise UserError(str(e)) from None
+  out["recall_at_p90_or_zero"] = recall_at_p90_or_zero(out)
+  out["num_queries_in_ground_truth"] = len(listed)
   return out

@@ -1,5 +1,7 @@
-"""Reports people can look at: a per-kind breakdown, a precision-recall plot
-with and without the gate, and a gallery of the worst mistakes."""
+"""Reports people can look at: what each candidate pair is and what a
+decision removed of each kind, a per-kind breakdown, the results table printed
+at the end of a run, a precision-recall plot with and without the gate, and a
+gallery of the worst mistakes."""
 
 import collections
 
@@ -87,3 +89,87 @@ def gallery_png(path: str, rows: list[dict], thumb: int = 96):
     for k, text in enumerate(row["caption"].split("\n")):
       draw.text((x, y + line * (k + 1)), text, fill=(60, 60, 60), font=font)
   canvas.save(path)
+
+
+def categorize(pairs, query_ids, reference_ids, meta, gt) -> list[str]:
+  """What each candidate pair is: true_copy, hard_negative:<kind>,
+  distractor (the query has no copy and resembles nothing), negative (a
+  non-copy query of the real data, whose ground truth does not say which
+  kind) or wrong_reference."""
+  out = []
+  for qi, ri in zip(pairs.query_index, pairs.reference_index, strict=False):
+    q, r = query_ids[qi], reference_ids[ri]
+    m = meta.get(q, {})
+    if (q, r) in gt:
+      out.append("true_copy")
+    elif m.get("kind") == "hard_negative" and m.get("resembles_id") == r:
+      out.append("hard_negative:" + m["hard_negative_kind"])
+    elif m.get("kind") == "distractor":
+      out.append("distractor")
+    elif m.get("kind") == "negative":  # Real data: hard negative or distractor.
+      out.append("negative")
+    else:
+      out.append("wrong_reference")
+  return out
+
+
+def gate_report(categories, keep) -> dict:
+  """Counts of each category before and after the gate."""
+  before = collections.Counter(categories)
+  after = collections.Counter(c for c, k in zip(categories, keep, strict=False) if k)
+  counts = {c: {"before": before[c], "after": after[c]} for c in sorted(before)}
+  hn_before = sum(v for c, v in before.items() if c.startswith("hard_negative"))
+  hn_after = sum(v for c, v in after.items() if c.startswith("hard_negative"))
+  counts["hard_negative"] = {"before": hn_before, "after": hn_after}
+
+  def removed(cat):
+    b = counts.get(cat, {"before": 0, "after": 0})
+    return (b["before"] - b["after"]) / b["before"] if b["before"] else None
+
+  kinds = sorted(c for c in before if c.startswith("hard_negative:"))
+  return {"counts": counts,
+          "removed_fraction": {
+              "true_copy": removed("true_copy"),
+              "hard_negative": removed("hard_negative"),
+              "hard_negative:reverse_crop": removed("hard_negative:reverse_crop"),
+              **{c: removed(c) for c in kinds},
+              "distractor": removed("distractor"),
+              "negative": removed("negative"),
+              "wrong_reference": removed("wrong_reference"),
+          }}
+
+
+def format_table(report: dict) -> str:
+  """The short results table printed at the end of a run."""
+  def f(x):
+    return "  n/a " if x is None else f"{x:6.3f}"
+  names = ["without_gate", "with_gate", "soft_gate", "calibrated_gate", "decision"]
+  heads = ["no gate", "ASL gate", "soft gate", "calibr.", "decision"]
+  cols = [report[n] for n in names]
+  row = lambda name, key: f"{name:24s}" + "".join(f"{f(x[key]):>10s}" for x in cols)
+  decision = report["decision_settings"]["decision"]
+  lines = [
+      "",
+      f"{'':24s}" + "".join(f"{h:>10s}" for h in heads),
+      row("μAP", "micro_ap"), row("Recall@P90", "recall_at_p90"),
+      row("Recall@1", "recall_at_rank_1"),
+      f"{'predicted pairs:':24s}{'before':>10s}{'ASL gate':>10s}{'decision':>10s}",
+  ]
+  g, d = report["gate"], report["decisions"]["decision"]
+  for cat, c in g["counts"].items():
+    lines.append(f"  {cat:22s}{c['before']:>10d}{c['after']:>10d}"
+                 f"{d['counts'][cat]['after']:>10d}")
+  for label, rep in (("the paper's ASL gate", g), (f"the decision ({decision})", d)):
+    rf = rep["removed_fraction"]
+    kinds = ", ".join(f"{k.split(':')[1]} {_pct(v)}" for k, v in rf.items()
+                      if k.startswith("hard_negative:") and v is not None)
+    lines.append(f"{label} removes {_pct(rf['true_copy'])} of the true-copy pairs; of the "
+                 f"hard-negative pairs: {kinds or 'n/a'}")
+    if rf.get("negative") is not None:
+      lines.append(f"  and {_pct(rf['negative'])} of the pairs of non-copy queries (real "
+                   "data without kinds: hard negatives and distractors together)")
+  return "\n".join(lines)
+
+
+def _pct(x):
+  return "n/a" if x is None else f"{100 * x:.1f}%"

@@ -1,4 +1,5 @@
-"""Candidate search: k nearest references per query, and the ASL gate.
+"""Candidate search: k nearest references per query, and score normalisation
+(the gate and the other decisions: evaluation/decisions.py).
 
 Exact search is faiss's on the CPU (`IndexFlatIP` on L2-normalised
 descriptors, so the score is the cosine similarity) and the project's JAX
@@ -161,32 +162,6 @@ def pca_whitening(train: np.ndarray, dim: int):
   return lambda x: l2_normalize(pca.apply(np.ascontiguousarray(x, np.float32)))
 
 
-def asl_gate(candidates: Candidates, query_gate_norm: np.ndarray,
-             reference_gate_norm: np.ndarray) -> np.ndarray:
-  """ASL's asymmetric gate (method.md §2.3): keep a candidate pair unless the
-  query's gate-feature norm exceeds the reference's (ratio > 1 drops)."""
-  return (query_gate_norm[candidates.query_index]
-          <= reference_gate_norm[candidates.reference_index])
-
-
-def soft_gate_scores(candidates: Candidates, query_gate_norm: np.ndarray,
-                     reference_gate_norm: np.ndarray, temperature: float) -> np.ndarray:
-  """Extension (not in the paper): score x s, s = sigmoid(log(|g_r| / |g_q|) / T),
-  for a score >= 0, and score / s below 0.
-
-  Pairs are kept but demoted as the query's norm exceeds the reference's;
-  T -> 0 approaches the hard gate's ordering. Scores can be negative after
-  score normalisation, and multiplying those by s < 1 would raise them: so
-  they are divided, and the result falls with the norm ratio and rises with
-  the score for either sign.
-  """
-  log_ratio = np.log(reference_gate_norm[candidates.reference_index]) - np.log(
-      query_gate_norm[candidates.query_index])
-  factor = 1.0 / (1.0 + np.exp(-log_ratio / temperature))
-  score = candidates.score
-  return np.where(score >= 0, score * factor, score / factor)
-
-
 def score_normalization_bias(queries: np.ndarray, background: np.ndarray,
                              method: str, n: int, n_end: int, factor: float
                              ) -> np.ndarray:
@@ -208,3 +183,11 @@ def score_normalization_bias(queries: np.ndarray, background: np.ndarray,
   cands = search(queries, background, k=last)  # Each query's `last` best, best first.
   sims = cands.score.reshape(len(queries), last)
   return factor * sims[:, n - 1:last].mean(axis=1)
+
+
+def normalized_scores(candidates: Candidates, queries: np.ndarray, background: np.ndarray,
+                      method: str, n: int, n_end: int, factor: float) -> np.ndarray:
+  """The candidates' scores less their query's `score_normalization_bias`
+  (background: the training descriptors, never the references)."""
+  bias = score_normalization_bias(queries, background, method, n, n_end, factor)
+  return candidates.score - bias[candidates.query_index]
