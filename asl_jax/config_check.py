@@ -64,6 +64,14 @@ def _dims():
   return check, "two positive integers (hidden, output)"
 
 
+def _layer_dims():
+  def check(v):
+    return (isinstance(v, (tuple, list)) and len(v) > 0
+            and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v))
+  return check, ("one or more positive integers: the layer widths, the last one the output "
+                 "(e.g. (64,), one linear layer, or (256, 64))")
+
+
 def _ks():
   def check(v):
     return (isinstance(v, (tuple, list)) and len(v) > 0
@@ -91,7 +99,7 @@ RULES = {
     "model.projector_dims": _dims(),
     "model.descriptor_dim": _int(1),
     "model.gate_feature": _one_of("pooled", "projector", "descriptor", "gate_head"),
-    "model.gate_head_dims": _dims(),
+    "model.gate_head_dims": _layer_dims(),
     "model.dtype": _one_of("float32", "bfloat16", "float16"),
     "model.bn_groups": _int(1),
     "model.small_conv": _one_of("auto", "xla", "im2col"),

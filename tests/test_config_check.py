@@ -24,6 +24,9 @@ from conftest import ROOT, load_config, tiny_config
     ("eval.verify.cover", 1.5, "eval.verify.cover=1.5"),
     ("optim.b2", 1.0, "optim.b2=1.0"),
     ("model.bn_groups", 3, "does not divide the 128 images"),
+    ("model.gate_head_dims", (64, 0), "model.gate_head_dims=\\(64, 0\\) is not allowed: it "
+     "must be one or more positive integers"),
+    ("model.gate_head_dims", (), "model.gate_head_dims=\\(\\) is not allowed"),
 ])
 def test_bad_fields_are_named_before_any_work(tmp_path, field, value, match):
   c = load_config()
@@ -54,6 +57,9 @@ def test_the_default_configs_pass():
       c.data.manual_dir = "~/my_photos"
     config_check.validate(c, num_devices=1)
     assert c.loss.rs_at_k == 1.0 and c.loss.info_nce == 0.0
+  c = load_config()
+  c.model.gate_head_dims = (64,)  # One linear layer (sscd_photos' gate head).
+  config_check.validate(c, num_devices=1)
   c = load_config("ndec_asym", "recall_surrogate.py")
   assert (c.data.ids_per_batch * c.data.views_per_id, c.train.num_chunks) == (4000, 20)
   assert c.model.variant == "r50" and c.loss.rs_design == "asymmetric"
