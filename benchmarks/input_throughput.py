@@ -19,15 +19,14 @@ demo builds `ndec/synthetic` on first use).
 """
 
 import os
-import shutil
 import time
 
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from asl_jax import copy_edits, data, input_pipeline
-from tfds_ndec import fake_layout
+from asl_jax import benchmark, copy_edits, data, input_pipeline
+from asl_jax.benchmark import workloads
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/asl.py", "Config.")
 _WORKERS = flags.DEFINE_list("workers", ["0"], "Grain worker processes to time (0 = threads, "
@@ -39,20 +38,11 @@ _ROOT = flags.DEFINE_string("root", "/tmp/asl_input_bench", "Where the fake down
 
 
 def prepare(config):
-  if not _FAKE_TRAIN.value:
-    return data.prepare(config.data)
-  if not config.data.name.startswith("ndec/full"):
+  """The config's prepared data; with --fake_train, a fake download prepared under
+  --root (asl_jax.benchmark.prepare_data, shared with `python -m asl_jax.benchmark`)."""
+  if _FAKE_TRAIN.value and not config.data.name.startswith("ndec/full"):
     raise app.UsageError(f"--fake_train is for ndec/full* configs, not {config.data.name}.")
-  layout = fake_layout.FakeLayout(
-      num_train=_FAKE_TRAIN.value, num_references=20, num_queries=10, num_copies=5,
-      num_pairs=max(4, _FAKE_TRAIN.value // 20), num_dev_queries=4, num_dev_copies=2,
-      width=640, height=480)
-  root = _ROOT.value
-  if fake_layout.write_once(os.path.join(root, "manual"), layout, workers=os.cpu_count()):
-    shutil.rmtree(os.path.join(root, "data"), ignore_errors=True)  # Prepared from the old one.
-  config.data.update(data_dir=os.path.join(root, "data"),
-                     manual_dir=os.path.join(root, "manual"), train_every=1)
-  return data.prepare(config.data)
+  return benchmark.prepare_data(config, _FAKE_TRAIN.value, _ROOT.value, log=print)
 
 
 def time_ms(fn, n: int) -> float:
@@ -96,19 +86,11 @@ def edit_table(config, train_src):
 
 
 def pipeline_rate(config, train_src, pairs_src, workers: int) -> float:
+  """Views/s of the pipeline at `workers` processes, past its start-up
+  (asl_jax.benchmark.workloads.time_input, as the benchmark's input rows)."""
   config.data.num_workers = workers
-  it = iter(input_pipeline.train_dataset(train_src, pairs_src, config.data, seed=0))
-  views_per_batch = config.data.ids_per_batch * config.data.views_per_id
-  # Past the start-up: fill the reader's prefetch buffer (one batch per thread,
-  # all finished at about the same time) and the workers' buffers, so that
-  # the timed batches are made while they are timed.
-  warmup = max(4, config.data.num_threads) + 2 * input_pipeline.worker_processes(config.data) + 2
-  for _ in range(warmup):
-    next(it)
-  t0 = time.perf_counter()
-  for _ in range(_BATCHES.value):
-    next(it)
-  return _BATCHES.value * views_per_batch / (time.perf_counter() - t0)
+  seconds = workloads.time_input(config, train_src, pairs_src, _BATCHES.value)
+  return _BATCHES.value * config.data.ids_per_batch * config.data.views_per_id / sum(seconds)
 
 
 def main(argv):

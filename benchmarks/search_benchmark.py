@@ -4,7 +4,9 @@
       --num_references 1000000 --dim 256 --backends jax,faiss \
       --faiss_queries 1000
 
-JAX times the whole query set (after one compiling call). faiss-cpu is timed
+JAX times the whole query set (after one compiling call); the data and the
+timing are those of `python -m asl_jax.benchmark --only search`
+(asl_jax/benchmark/search.py). faiss-cpu is timed
 on `--faiss_queries` queries against all references and scaled up linearly to
 the full query set (exact search cost is linear in the number of queries).
 The JAX results are checked against faiss on those queries.
@@ -16,7 +18,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from asl_jax.evaluation import jax_search, search
+from asl_jax.benchmark import search as bench_search
+from asl_jax.evaluation import jax_search
 
 _Q = flags.DEFINE_integer("num_queries", 50_000, "Queries.")
 _R = flags.DEFINE_integer("num_references", 1_000_000, "References.")
@@ -33,10 +36,8 @@ _CHUNK = flags.DEFINE_list("chunk", ["256"], "JAX top-k chunk sizes (0 = one wid
 
 def main(argv):
   del argv
-  rs = np.random.default_rng(0)
   t = time.perf_counter()
-  refs = search.l2_normalize(rs.standard_normal((_R.value, _D.value), np.float32))
-  queries = search.l2_normalize(rs.standard_normal((_Q.value, _D.value), np.float32))
+  refs, queries = bench_search.random_descriptors(_Q.value, _R.value, _D.value)
   print(f"data: {_Q.value} x {_R.value} x {_D.value} float32, k={_K.value} "
         f"(generated in {time.perf_counter() - t:.1f} s)")
   nf = min(_FQ.value, _Q.value)
@@ -58,10 +59,8 @@ def main(argv):
                                             chunk=chunk)
       jax.block_until_ready(ref_index.refs)
       put = time.perf_counter() - t
-      ref_index.search(queries, _K.value, query_block=_QB.value)  # Compiles.
-      t = time.perf_counter()
-      _, idx = ref_index.search(queries, _K.value, query_block=_QB.value)
-      dt = time.perf_counter() - t
+      dt, _, idx = bench_search.timed_search(ref_index, queries, _K.value,
+                                             query_block=_QB.value)  # After a compiling call.
       line = (f"jax exact, precision={prec}, chunk={chunk}: {_Q.value} queries in {dt:.3f} s "
               f"({ref_index.last_recomputed} queries re-searched in float32; references to "
               f"device {put:.2f} s once)")

@@ -2,6 +2,7 @@
 writes, the MFU arithmetic, the PyTorch model against the Flax one, and the
 bad-request errors."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -39,8 +40,8 @@ def test_bad_requests_are_one_paragraph_errors(monkeypatch):
     benchmark.Request(["train"], ["tensorflow"])
   with pytest.raises(UserError, match="--search='1,2': give three positive integers"):
     benchmark.Request(["search"], [], "1,2")
-  real = benchmark.importlib.util.find_spec
-  monkeypatch.setattr(benchmark.importlib.util, "find_spec",
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
                       lambda name, *a: None if name == "torch" else real(name, *a))
   with pytest.raises(UserError, match=r"needs PyTorch, which is not installed.*\[bench\]"):
     benchmark.Request(["train"], ["torch"])
@@ -69,7 +70,8 @@ def test_a_config_that_does_not_fit_the_devices_exits_2_before_any_work(tmp_path
 def test_the_torch_model_is_the_flax_model(variant):
   """Same parameters (count, and the trunk loads name for name through the
   pretrained-weight converter) and the same pooled feature in eval mode."""
-  from asl_jax import torch_reference, train
+  from asl_jax import train
+  from asl_jax.benchmark import torch_model, torch_step
   from asl_jax.models import pretrained, resnet
   c = tiny_config("/unused")
   c.model.update(variant=variant, width=8, last_stride=2 if variant == "tiny" else 1)
@@ -78,9 +80,9 @@ def test_the_torch_model_is_the_flax_model(variant):
   variables = jax.jit(lambda k: model.init(k, np.zeros((2, 32, 32, 3), np.float32)))(
       jax.random.key(0))
   flax_count = sum(x.size for x in jax.tree.leaves(variables["params"])) + 10 * 64
-  assert torch_reference.parameter_count(c, 10) == flax_count  # With the 64 x 10 classifier.
+  assert torch_step.parameter_count(c, 10) == flax_count  # With the 64 x 10 classifier.
   torch.manual_seed(0)
-  tm = torch_reference.CopyDetector(c.model).eval()
+  tm = torch_model.CopyDetector(c.model).eval()
   for m in tm.modules():  # Non-trivial BatchNorm statistics and scales.
     if isinstance(m, torch.nn.BatchNorm2d):
       m.running_mean.uniform_(-0.5, 0.5)
@@ -93,7 +95,7 @@ def test_the_torch_model_is_the_flax_model(variant):
   assert not report.mismatched and not report.missing and report.loaded, report.summary()
   assert all(n.split(".")[0].startswith(("gem", "proj_", "desc_")) for n in report.unused)
   images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-  want = tm(torch_reference.to_input(torch.from_numpy(images), False))["pooled"]
+  want = tm(torch_model.to_input(torch.from_numpy(images), False))["pooled"]
   got = model.apply({"params": params, "batch_stats": stats}, resnet.images_to_input(images),
                     train=False)["pooled"]
   np.testing.assert_allclose(np.asarray(got), want.detach().numpy(), rtol=2e-4, atol=1e-5)
@@ -106,10 +108,11 @@ def test_every_workload_at_a_tiny_size_writes_the_promised_json(tiny_builder, da
   c = tiny_config(data_dir)
   c.loss.update(classification=1.0)  # The classifier's width comes from --num_classes.
   request = benchmark.Request(list(benchmark.WORKLOADS), ["torch"], "64,500,16")
-  result = benchmark.run(c, request, steps=2, warmup=1, num_classes=50, input_workers=[0, 1],
-                         input_batches=2, peak_override=2.0, config_name="configs/asl.py",
-                         overrides=["--config.x=1"], torch_compile=False, embed_files_images=40,
-                         embed_workers=[0, 1], log=lambda _: None)
+  options = benchmark.Options(
+      steps=2, warmup=1, num_classes=50, input_workers=[0, 1], input_batches=2,
+      peak_override=2.0, config_name="configs/asl.py", overrides=["--config.x=1"],
+      torch_compile=False, embed_files_images=40, embed_workers=[0, 1])
+  result = benchmark.run(c, request, options, log=lambda _: None)
   json.dumps(result)  # JSON-able.
   for field in ("device_kind", "device_count", "host_cores", "config", "overrides", "batch",
                 "image_size", "dtype", "peak_tflops_per_device"):

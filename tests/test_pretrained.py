@@ -13,13 +13,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from asl_jax.errors import UserError  # noqa: E402
-from asl_jax import torch_reference  # noqa: E402
+from asl_jax.benchmark import torch_model  # noqa: E402
 from asl_jax.models import pretrained, resnet  # noqa: E402
 
 
 # ------------------------------------ torchvision's ResNet, same tensor names --
-# The blocks are asl_jax.torch_reference's (the benchmark's PyTorch model).
-BasicBlock, Bottleneck = torch_reference.Basic, torch_reference.Bottleneck
+# The blocks are asl_jax.benchmark.torch_model's (the benchmark's PyTorch model).
+BasicBlock, Bottleneck = torch_model.Basic, torch_model.Bottleneck
 
 
 class TorchResNet(nn.Module):

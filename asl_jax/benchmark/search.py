@@ -9,30 +9,38 @@ import importlib.util
 import time
 
 
-def _timed(index, queries, k):
+def timed_search(index, queries, k, **kw):
   """Seconds of the second full search (the first compiles), and its result."""
-  index.search(queries, k)
+  index.search(queries, k, **kw)
   t0 = time.perf_counter()
-  s, i = index.search(queries, k)
+  s, i = index.search(queries, k, **kw)
   return time.perf_counter() - t0, s, i
+
+
+def random_descriptors(q: int, r: int, d: int):
+  """(references [r, d], queries [q, d]): L2-normalised float32 Gaussians, seed 0."""
+  import numpy as np
+  from asl_jax.evaluation import search
+  rs = np.random.default_rng(0)
+  refs = search.l2_normalize(rs.standard_normal((r, d), np.float32))
+  queries = search.l2_normalize(rs.standard_normal((q, d), np.float32))
+  return refs, queries
 
 
 def bench_search(qrd, k, faiss_queries=1000, precision=None, log=lambda _: None):
   """Rows of the search workload (see the module docstring); precision: the
   JAX search's (default: bf16 on accelerators, highest on CPU)."""
   import numpy as np
-  from asl_jax.evaluation import jax_search, search
+  from asl_jax.evaluation import jax_search
   q, r, d = qrd
-  rs = np.random.default_rng(0)
-  refs = search.l2_normalize(rs.standard_normal((r, d), np.float32))
-  queries = search.l2_normalize(rs.standard_normal((q, d), np.float32))
+  refs, queries = random_descriptors(q, r, d)
   common = {"workload": "search", "queries": q, "references": r, "dim": d, "k": k}
   exact = jax_search.ReferenceIndex(refs, "ip", precision="highest")
-  exact_s, _, want = _timed(exact, queries, k)
+  exact_s, _, want = timed_search(exact, queries, k)
   del exact
   log(f"search: float32 scan {exact_s:.3f} s")
   fast = jax_search.ReferenceIndex(refs, "ip", precision=precision)
-  fast_s, _, got = _timed(fast, queries, k)
+  fast_s, _, got = timed_search(fast, queries, k)
   rows = [{**common, "framework": f"asl_jax ({fast.precision}, chunk {fast.chunk})",
            "seconds": fast_s, "queries_per_s": q / fast_s,
            "top_k_agreement": float(np.mean(got == want)),
