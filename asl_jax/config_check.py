@@ -9,7 +9,7 @@ README, "Bad input", lists what is covered.
 import numbers
 import os
 
-from asl_jax import paths
+from asl_jax import copy_edits, paths
 from asl_jax.errors import UserError
 
 
@@ -167,7 +167,6 @@ def _get(config, path):
   return node
 
 
-
 def _fail(field, value, allowed, hint=""):
   raise UserError(f"--config.{field}={value!r} is not allowed: it must be {allowed}. "
                   + (hint or f"Set --config.{field} to such a value (configs/asl.py "
@@ -286,6 +285,31 @@ def _check_required(config):
           "Nothing was prepared or trained; run the command again with that flag.")
 
 
+def _check_training_data(config):
+  """The training data's settings: the edits, their parameters and information
+  amounts, pre-generated views and worker processes."""
+  d = config.data
+  if "crop" in d.train_edits:
+    raise UserError("data.train_edits names 'crop', but the views are already cropped: "
+                    "set the crop's area range with data.crop_area instead.")
+  try:
+    copy_edits.check_edits(d.train_edits, d.get("edit_params") or {})
+  except ValueError as e:
+    raise UserError(f"data.train_edits / data.edit_params: {e}") from None
+  try:
+    copy_edits.check_information(dict(d.get("edit_information") or {}))
+  except ValueError as e:
+    raise UserError(f"data.edit_information: {e}") from None
+  if d.get("views_dir") and d.pair_ids_per_batch > 0:
+    raise UserError("Pre-generated views (data.views_dir) hold training images only; set "
+                    "data.pair_ids_per_batch=0, or data.views_dir='' to mix in NDEC pairs.")
+  workers = d.get("num_workers", 0)
+  if not isinstance(workers, int) or workers < -1:
+    raise UserError(f"data.num_workers={workers!r}: give 0 (no worker processes, the "
+                    "reader's threads), a number of Grain worker processes, or -1 for "
+                    "one per CPU core.")
+
+
 def validate(config, workdir: str | None = None, num_devices: int | None = None):
   """Raises a UserError for the first bad field or combination."""
   _check_required(config)
@@ -323,6 +347,7 @@ def validate(config, workdir: str | None = None, num_devices: int | None = None)
           "images each device holds; choose a divisor of it (1 = BatchNorm over the batch).")
   if workdir is not None:
     paths.output_dir(workdir, "--workdir", "checkpoints and reports")
+  _check_training_data(config)
 
 
 def check_reference_count(config, num_references: int, name: str):

@@ -13,22 +13,22 @@ remove content return the fraction of the input's content that survives; ASL's
 *information amount* of a view is the product of these fractions over its
 chain. As recommended in method.md §7.3, only cropping lowers it: padding,
 overlays and pasting onto a background never raise it (the background is not
-content of the source image) and do not lower it either.
+content of the source image) and do not lower it either. The overlays and
+pastes live in overlay_edits.py.
 """
 
 import dataclasses
 import functools
 import inspect
 import io
-import string
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
+from PIL import Image, ImageEnhance, ImageFilter
 
-Array = np.ndarray
-Img = Image.Image
-_GLYPHS = string.ascii_letters + string.digits + "#@&%?!"
+from asl_jax.overlay_edits import paste_onto, sticker_overlay, text_overlay, underlay
+from asl_jax.pil_image import Array, Img, random_color, to_array, to_pil
+from asl_jax.pil_image import resize_pil as _resize
 
 
 @dataclasses.dataclass
@@ -37,21 +37,6 @@ class EditedImage:
   image: Array | Img
   information_amount: float = 1.0
   edits: list[str] = dataclasses.field(default_factory=list)
-
-
-def to_pil(image: Array | Img) -> Img:
-  """An RGB PIL image (no copy when it already is one)."""
-  if isinstance(image, Image.Image):
-    return image if image.mode == "RGB" else image.convert("RGB")
-  return Image.fromarray(image)
-
-
-def to_array(image: Img) -> Array:
-  return np.asarray(image.convert("RGB") if image.mode != "RGB" else image, dtype=np.uint8)
-
-
-def random_color(rng: np.random.Generator) -> tuple[int, int, int]:
-  return tuple(int(c) for c in rng.integers(0, 256, size=3))
 
 
 # ----------------------------------------------------------------- geometry --
@@ -92,11 +77,6 @@ def resize(image: Array, size: tuple[int, int]) -> Array:
   if image.shape[:2] == tuple(size):
     return image
   return to_array(_resize(Image.fromarray(image), size))
-
-
-def _resize(image: Img, size: tuple[int, int]) -> Img:
-  h, w = size
-  return image if image.size == (w, h) else image.resize((w, h), Image.BILINEAR)
 
 
 def random_resize(image: Img, rng: np.random.Generator, scale=(0.5, 1.5),
@@ -223,101 +203,6 @@ def perspective(image: Img, rng: np.random.Generator, sigma=(0.0, 50.0)) -> Img:
   except np.linalg.LinAlgError:  # Corners moved onto a line: leave the image.
     return image
   return image.transform((w, h), Image.Transform.PERSPECTIVE, tuple(coeffs), Image.BILINEAR)
-
-
-# ----------------------------------------------------------------- overlays --
-def _font(px: int) -> ImageFont.FreeTypeFont:
-  return ImageFont.load_default(size=max(4, int(px)))
-
-
-def text_overlay(image: Img, rng: np.random.Generator, max_chars=20, size=(0.08, 0.3),
-                 opacity=(0.5, 1.0)) -> Img:
-  """Draws 1..max_chars random characters in a random colour; the font size
-  is a fraction (drawn from `size`) of the shorter side, the opacity drawn
-  from `opacity`."""
-  w, h = image.size
-  n = int(rng.integers(1, max_chars + 1))
-  text = "".join(rng.choice(list(_GLYPHS), size=n))
-  px = rng.uniform(*size) * min(h, w)
-  layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
-  alpha = int(255 * rng.uniform(*opacity))
-  x, y = rng.uniform(0, 0.6) * w, rng.uniform(0, 0.8) * h
-  ImageDraw.Draw(layer).text((x, y), text, font=_font(px),
-                             fill=random_color(rng) + (alpha,))
-  return Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB")
-
-
-def sticker(rng: np.random.Generator, size: int) -> Image.Image:
-  """An emoji-like RGBA sticker: a face, a heart or a star in bright colours."""
-  s = max(8, size)
-  im = Image.new("RGBA", (s, s), (0, 0, 0, 0))
-  d = ImageDraw.Draw(im)
-  kind = int(rng.integers(3))
-  fill = tuple(int(c) for c in rng.integers(120, 256, 3)) + (255,)
-  if kind == 0:  # Smiley.
-    d.ellipse([0, 0, s - 1, s - 1], fill=fill, outline=(0, 0, 0, 255))
-    e = s // 8
-    d.ellipse([s // 3 - e, s // 3 - e, s // 3 + e, s // 3 + e], fill="black")
-    d.ellipse([2 * s // 3 - e, s // 3 - e, 2 * s // 3 + e, s // 3 + e],
-              fill="black")
-    d.arc([s // 4, s // 3, 3 * s // 4, 3 * s // 4], 20, 160, fill="black",
-          width=max(1, s // 16))
-  elif kind == 1:  # Heart.
-    r = s // 4
-    d.ellipse([0, 0, 2 * r, 2 * r], fill=fill)
-    d.ellipse([2 * r - 1, 0, 4 * r - 1, 2 * r], fill=fill)
-    d.polygon([(0, r + 1), (s - 1, r + 1), (s // 2, s - 1)], fill=fill)
-  else:  # Star.
-    t = np.linspace(0, 2 * np.pi, 11)[:-1] - np.pi / 2
-    rad = np.where(np.arange(10) % 2 == 0, s / 2, s / 5)
-    pts = [(s / 2 + r * np.cos(a), s / 2 + r * np.sin(a)) for r, a in zip(rad, t, strict=False)]
-    d.polygon(pts, fill=fill, outline=(0, 0, 0, 255))
-  return im
-
-
-def sticker_overlay(image: Img, rng: np.random.Generator, size=(0.15, 0.5),
-                    opacity=(0.6, 1.0)) -> Img:
-  """Pastes an emoji-like sticker at a random place; its side is a fraction
-  (drawn from `size`) of the shorter side, its opacity drawn from `opacity`."""
-  w, h = image.size
-  st = sticker(rng, int(rng.uniform(*size) * min(h, w)))
-  alpha = np.asarray(st)[..., 3].astype(np.float32) * rng.uniform(*opacity)
-  st.putalpha(Image.fromarray(alpha.astype(np.uint8)))
-  out = image.convert("RGBA")
-  x = int(rng.uniform(0, max(1, w - st.width)))
-  y = int(rng.uniform(0, max(1, h - st.height)))
-  out.alpha_composite(st, (x, y))
-  return out.convert("RGB")
-
-
-def underlay(image: Img, background_fn: Callable, rng: np.random.Generator,
-             scale=(0.04, 0.1), position=(0.0, 0.5)) -> Img:
-  """Pastes a small copy of another image onto this one (BoT's "image
-  underlay"): its height a fraction (drawn from `scale`) of this image's,
-  its top-left corner at fractions (drawn from `position`) of the sides.
-  background_fn(rng, min_size) gives the other image."""
-  w, h = image.size
-  oh = max(1, int(round(rng.uniform(*scale) * h)))
-  other = to_pil(background_fn(rng, oh))
-  ow = max(1, int(round(other.width * oh / other.height)))
-  x, y = (int(rng.uniform(*position) * w), int(rng.uniform(*position) * h))
-  out = image.copy()
-  out.paste(_resize(other, (oh, ow)), (x, y))
-  return out
-
-
-def paste_onto(image: Img, background: Array | Img, rng: np.random.Generator,
-               scale=(0.3, 0.8)) -> Img:
-  """Pastes the image, shrunk to a fraction of the background, onto it."""
-  out = to_pil(background).copy()
-  bw, bh = out.size
-  w, h = image.size
-  s = rng.uniform(*scale) * min(bh / h, bw / w)
-  small = _resize(image, (max(4, int(h * s)), max(4, int(w * s))))
-  y = int(rng.integers(0, bh - small.height + 1))
-  x = int(rng.integers(0, bw - small.width + 1))
-  out.paste(small, (x, y))
-  return out
 
 
 # -------------------------------------------------------------------- chains --

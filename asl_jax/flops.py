@@ -188,13 +188,13 @@ def abstract_step(config, num_classes: int, mesh=None):
   and batch as ShapeDtypeStructs: traced, never initialised or compiled."""
   import jax
   import jax.numpy as jnp
-  from asl_jax import sharding, train
+  from asl_jax import sharding, train, train_state
   mesh = mesh or sharding.make_mesh()
   model, classifier = train.build_modules(config, num_classes)
   tx, schedule = train.make_optimizer(config.optim, 1000)
   state = jax.eval_shape(lambda r: train.init_state(model, classifier, tx, config, r, mesh),
                          jax.random.key(0))
-  shapes = train.state_shardings(state, mesh, classifier)
+  shapes = train_state.state_shardings(state, mesh, classifier)
   state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                        state, shapes)
   update = train.make_update_fn(model, classifier, tx, schedule, config, mesh, state)

@@ -1,6 +1,6 @@
 """The convolutions of the demo's train step, forward + both gradients, as
 XLA runs JAX's own gradient convolutions and as `model.conv_grad=canonical`
-writes them (`models/resnet.conv_canonical_grad`), each straight and inside
+writes them (`models/conv.conv_canonical_grad`), each straight and inside
 a `lax.scan` over 4 chunks (as the two-pass step runs them), and in eager
 PyTorch (NCHW, as `--compare torch` runs it on the CPU) where torch is
 installed.
@@ -14,7 +14,7 @@ import numpy as np
 from absl import app, flags
 
 from asl_jax import benchmark
-from asl_jax.models import resnet
+from asl_jax.models import conv as conv_module
 
 _BATCH = flags.DEFINE_integer("batch", 128, "Images.")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per row (the median is printed).")
@@ -33,8 +33,8 @@ def median_ms(fn, *args, sync=jax.block_until_ready):
 
 def jax_rows(x, w, s):
   rows = {}
-  for name, conv in (("xla", lambda x, w: resnet._conv(x, w, s, 1)),
-                     ("canonical", lambda x, w: resnet.conv_canonical_grad(x, w, s, 1))):
+  for name, conv in (("xla", lambda x, w: conv_module._conv(x, w, s, 1)),
+                     ("canonical", lambda x, w: conv_module.conv_canonical_grad(x, w, s, 1))):
     grad = jax.grad(lambda x, w, conv=conv: jnp.sum(conv(x, w) ** 2), (0, 1))
     rows[name] = median_ms(jax.jit(grad), x, w)
     xs = x.reshape((CHUNKS, -1) + x.shape[1:])

@@ -1,7 +1,7 @@
 """Where the CPU train step's stride-2 cliff came from: one 3x3 convolution,
 512 -> 512 channels, batch 64, forward and forward + backward, at several
 output sizes, as XLA's convolution and as one matrix product over its
-patches (`models/resnet.Conv` with im2col, what `model.small_conv=auto`
+patches (`models/conv.Conv` with im2col, what `model.small_conv=auto`
 uses on the CPU for outputs up to 4x4).
 
   python benchmarks/small_conv.py --sides 1,2,3,4,8

@@ -112,6 +112,20 @@ def test_workdir_naming_a_file_and_k_above_the_references(tmp_path, tiny_builder
     train.train_and_evaluate(c, str(tmp_path / "run"))
 
 
+def test_training_data_settings_are_checked_before_any_data(tmp_path):
+  """train_and_evaluate prepares the data before it trains: a bad data.train_edits
+  or data.num_workers must stop it first (config_check.validate), with nothing built."""
+  c = tiny_config(str(tmp_path / "never_built"))
+  c.data.edit_params = {"blur": {"radius": 2.0}}
+  with pytest.raises(UserError, match=r"data.edit_params: Copy edit 'blur' has no parameter"):
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  c.data.edit_params = {}
+  c.data.num_workers = -2
+  with pytest.raises(UserError, match="data.num_workers=-2"):
+    config_check.validate(c, num_devices=1)
+  assert not (tmp_path / "never_built").exists()
+
+
 def test_main_prints_one_paragraph_and_exits_2(tmp_path):
   r = subprocess.run([sys.executable, "-m", "asl_jax.main", "--config", "configs/asl.py",
                       "--config.model.variant=r999", f"--workdir={tmp_path / 'run'}",

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from asl_jax import copy_edits, input_pipeline, sharding, train
+from asl_jax import copy_edits, input_pipeline, optim, sharding, train
 from asl_jax.errors import UserError
 from asl_jax.models import resnet
 from conftest import load_config
@@ -121,7 +121,7 @@ def test_bad_information_factor_and_trainable_are_user_errors():
   mask = train.trainable_mask(params, "model/gate_fc")
   assert mask == {"model": {"gate_fc1": {"kernel": True}, "embed_fc": {"kernel": False}}}
   with pytest.raises(UserError, match="matches no parameter"):
-    train._check_trainable(params, "layer9")
+    optim.check_trainable(params, "layer9")
 
 
 def test_sscd_recipes_name_their_missing_files_before_any_work():

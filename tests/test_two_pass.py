@@ -46,7 +46,7 @@ def chunk_rows(batch_size, devices, chunks):
 
 def gradients(devices: int, frozen_bn: bool, chunks: int, design="asymmetric"):
   """(one-pass, two-pass) gradients and losses of one batch on `devices`."""
-  from asl_jax import sharding, train
+  from asl_jax import objective, sharding, train, two_pass
   c = rs_config(design)
   mesh = sharding.make_mesh(jax.devices()[:devices])
   model, cls = train.build_modules(c, 8, num_devices=devices)
@@ -59,29 +59,29 @@ def gradients(devices: int, frozen_bn: bool, chunks: int, design="asymmetric"):
   batch = sharding.global_batch(a_batch(c), mesh)
   rng = jax.random.key(7)
   common = dict(model=model, classifier=cls, cfg=c.loss, mesh=mesh, frozen_bn=frozen_bn)
-  keys = train.needed_outputs(c.loss)
+  keys = objective.needed_outputs(c.loss)
   flat = batch["views"].reshape((-1,) + batch["views"].shape[2:])
   rows = chunk_rows(flat.shape[0], devices, chunks)
 
   def one_pass(params):
     """All chunks in one differentiated function (activations of all kept);
-    with one chunk, exactly train.loss_fn."""
+    with one chunk, exactly objective.loss_fn."""
     if chunks == 1:
-      total, (metrics, _) = train.loss_fn(params, state.batch_stats, batch, rng, **common)
+      total, (metrics, _) = objective.loss_fn(params, state.batch_stats, batch, rng, **common)
       return total, metrics
-    outs = [train.model_outputs(params["model"], state.batch_stats, flat[r],
-                                rng if chunks == 1 else jax.random.fold_in(rng, i),
-                                model=model, keys=keys, frozen_bn=frozen_bn)[0]
+    outs = [objective.model_outputs(params["model"], state.batch_stats, flat[r],
+                                    rng if chunks == 1 else jax.random.fold_in(rng, i),
+                                    model=model, keys=keys, frozen_bn=frozen_bn)[0]
             for i, r in enumerate(rows)]
     order = np.argsort(np.concatenate(rows))
     outputs = {key: jnp.concatenate([o[key] for o in outs])[order] for key in keys}
-    return train.loss_from_outputs(outputs, params.get("classifier"), batch, rng,
-                                   classifier=cls, cfg=c.loss, mesh=mesh)
+    return objective.loss_from_outputs(outputs, params.get("classifier"), batch, rng,
+                                       classifier=cls, cfg=c.loss, mesh=mesh)
 
   (want_loss, want_metrics), want = jax.jit(jax.value_and_grad(one_pass, has_aux=True))(
       state.params)
-  two = jax.jit(lambda p, s, b, r: train.two_pass_gradients(p, s, b, r, num_chunks=chunks,
-                                                            **common))
+  two = jax.jit(lambda p, s, b, r: two_pass.two_pass_gradients(p, s, b, r, num_chunks=chunks,
+                                                               **common))
   (loss, (metrics, stats)), got = two(state.params, state.batch_stats, batch, rng)
   return (float(want_loss), float(loss), want, got,
           {k: float(v) for k, v in want_metrics.items()},

@@ -1,0 +1,80 @@
+"""The optimizer of `config.optim`: Adam(W) with warmup and a cosine or step
+schedule, gradient clipping, and the regular expression (optim.trainable)
+that picks the parameters that train."""
+
+import re
+
+import jax
+import numpy as np
+import optax
+
+from asl_jax.errors import UserError
+
+
+def make_optimizer(cfg, total_steps: int):
+  """Adam(W) with linear warmup, then a cosine decay (optim.schedule=cosine)
+  or steps (optim.schedule=steps: x optim.decay at each of optim.milestones,
+  fractions of the run, as the RS@k paper's schedule), from `config.optim`."""
+  if cfg.get("schedule", "cosine") == "steps":
+    boundaries = {int(round(f * total_steps)): cfg.decay for f in cfg.milestones}
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(cfg.learning_rate * cfg.warmup_init_factor, cfg.learning_rate,
+                               max(cfg.warmup_steps, 1)),
+         optax.piecewise_constant_schedule(
+             cfg.learning_rate, {b - cfg.warmup_steps: v for b, v in boundaries.items()
+                                 if b > cfg.warmup_steps})],
+        [cfg.warmup_steps])
+  else:
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=cfg.learning_rate * cfg.warmup_init_factor,
+        peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
+        decay_steps=max(total_steps, cfg.warmup_steps + 1),
+        end_value=cfg.learning_rate * cfg.end_factor)
+  parts = []
+  if cfg.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+  if cfg.weight_decay:
+    # No decay on biases, BN parameters and the GeM exponent (1-D leaves).
+    mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2,
+                             weight_decay=cfg.weight_decay, mask=mask))
+  else:
+    parts.append(optax.adam(schedule, b1=cfg.b1, b2=cfg.b2))
+  tx = optax.chain(*parts)
+  if cfg.get("trainable", ""):
+    # The other leaves get no update at all (no weight decay either).
+    tx = optax.multi_transform(
+        {True: tx, False: optax.set_to_zero()},
+        lambda params: trainable_mask(params, cfg.trainable))
+  return tx, schedule
+
+
+def _path(key_path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
+
+
+def trainable_mask(params, pattern: str):
+  """The tree of `params` with True where a leaf trains: its path
+  ("model/embed_fc/kernel", "classifier/kernel") matches the regular
+  expression `pattern` (optim.trainable; re.search), all when it is ''."""
+  if not pattern:
+    return jax.tree.map(lambda _: True, params)
+  regex = re.compile(pattern)
+  return jax.tree_util.tree_map_with_path(lambda p, _: bool(regex.search(_path(p))), params)
+
+
+def check_trainable(params, pattern: str, log=print):
+  """optim.trainable must name at least one parameter; logs what trains."""
+  if not pattern:
+    return
+  mask = trainable_mask(params, pattern)
+  paths = [_path(p) for p, t in jax.tree_util.tree_leaves_with_path(mask) if t]
+  if not paths:
+    raise UserError(f"optim.trainable={pattern!r} matches no parameter, so nothing would "
+                    "train. Parameter paths look like 'model/embed_fc/kernel', "
+                    "'model/gate_fc1/kernel', 'model/layer4_2/conv3/kernel'; give a regular "
+                    "expression that finds the ones to train, or '' for all.")
+  count = sum(int(np.prod(x.shape)) for x, t in zip(jax.tree.leaves(params),
+                                                    jax.tree.leaves(mask), strict=True) if t)
+  log(f"optim.trainable={pattern!r}: {len(paths)} parameter arrays ({count} values) train, "
+      "the others stay as they are")
