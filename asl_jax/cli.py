@@ -36,6 +36,34 @@ def fail(message: str):
   sys.exit(2)
 
 
+def run_config_command(main):
+  """The entry of a `--config` command (main, benchmark): --help exits 0, a
+  misspelled override is one paragraph, --config is required, then absl runs
+  `main`."""
+  from absl import app, flags
+  help_exits_zero(sys.argv[1:])
+  check_overrides(sys.argv[1:])
+  flags.mark_flags_as_required(["config"])
+  app.run(main)
+
+
+def run_json_command(run, args):
+  """The entry of an argparse command (embed, export, find): `run(args, log)`
+  with progress on stderr and its summary as JSON on stdout; a UserError is
+  one paragraph and status 2, Ctrl-C one line and status 130 (the commands
+  replace an output only once it is complete)."""
+  import json
+  from asl_jax.errors import UserError
+  try:
+    summary = run(args, log=lambda m: print(m, file=sys.stderr, flush=True))
+  except UserError as e:
+    fail(str(e))
+  except KeyboardInterrupt:
+    print("asl_jax: interrupted; no output was replaced.", file=sys.stderr)
+    sys.exit(130)
+  print(json.dumps(summary, indent=2))
+
+
 def help_exits_zero(argv: list[str]):
   """`--help` / `-h` / `--helpfull`: the usage on stdout and status 0 (absl's
   own help flag exits with 1). The entry module's key flags are listed (its

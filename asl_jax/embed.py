@@ -16,9 +16,7 @@ JSON summary.
 """
 
 import argparse
-import json
 import os
-import sys
 
 from asl_jax import cli, paths
 from asl_jax.errors import UserError
@@ -79,12 +77,7 @@ def run(args, log=print) -> dict:
 
 
 def main(argv=None):
-  args = parse(argv)
-  try:
-    summary = run(args, log=lambda m: print(m, file=sys.stderr, flush=True))
-  except UserError as e:
-    cli.fail(str(e))
-  print(json.dumps(summary, indent=2))
+  cli.run_json_command(run, parse(argv))
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ Needs jax2onnx, installed without its pinned dependencies (the error says how).
 """
 
 import argparse
-import json
-import sys
 
 import numpy as np
 
@@ -83,12 +81,7 @@ def run(args, log=print) -> dict:
 
 
 def main(argv=None):
-  args = parse(argv)
-  try:
-    summary = run(args, log=lambda m: print(m, file=sys.stderr, flush=True))
-  except UserError as e:
-    cli.fail(str(e))
-  print(json.dumps(summary, indent=2))
+  cli.run_json_command(run, parse(argv))
 
 
 if __name__ == "__main__":

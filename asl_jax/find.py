@@ -23,9 +23,7 @@ and prints a JSON summary.
 import argparse
 import collections
 import dataclasses
-import json
 import os
-import sys
 
 from asl_jax import cli
 from asl_jax.errors import UserError
@@ -120,12 +118,7 @@ def run(args, log=print) -> dict:
 
 
 def main(argv=None):
-  args = parse(argv)
-  try:
-    summary = run(args, log=lambda m: print(m, file=sys.stderr, flush=True))
-  except UserError as e:
-    cli.fail(str(e))
-  print(json.dumps(summary, indent=2))
+  cli.run_json_command(run, parse(argv))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ stderr and exit status 2, never a library traceback.
 import re
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from asl_jax import cli
 
@@ -60,10 +60,7 @@ def main(argv):
 
 
 def run():
-  cli.help_exits_zero(sys.argv[1:])
-  cli.check_overrides(sys.argv[1:])
-  flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run_config_command(main)
 
 
 if __name__ == "__main__":

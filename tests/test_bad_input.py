@@ -286,3 +286,19 @@ def test_faiss_imports_without_loader_noise():
                      timeout=120)
   assert r.returncode == 0, r.stderr
   assert "ModuleNotFoundError" not in r.stderr and "Could not load" not in r.stderr
+
+
+@pytest.mark.parametrize("raised,status,line", [
+    ("KeyboardInterrupt()", 130, "asl_jax: interrupted; no output was replaced."),
+    ("UserError('--out x is a folder')", 2, "asl_jax: error: --out x is a folder")])
+def test_embed_export_find_end_ctrl_c_and_errors_in_one_line(raised, status, line):
+  """The commands' shared entry (cli.run_json_command): Ctrl-C is one line and
+  status 130, a UserError one paragraph and status 2, never a traceback."""
+  code = ("from asl_jax import cli; from asl_jax.errors import UserError\n"
+          "def run(args, log):\n"
+          f"  raise {raised}\n"
+          "cli.run_json_command(run, None)")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=120)
+  assert r.returncode == status and r.stderr.strip() == line, r.stderr
+  assert r.stdout == ""

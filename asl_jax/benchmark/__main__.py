@@ -37,7 +37,7 @@ the table, and the JSON with --json.
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from asl_jax import cli
 from asl_jax.benchmark import harness
@@ -118,10 +118,7 @@ def main(argv):
 
 def run_cli():
   """Parses the command line (usage errors exit 2, --help exits 0) and runs `main`."""
-  cli.help_exits_zero(sys.argv[1:])
-  cli.check_overrides(sys.argv[1:])
-  flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run_config_command(main)
 
 
 if __name__ == "__main__":
