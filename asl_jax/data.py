@@ -3,8 +3,8 @@
 `config.data.name` is a TFDS name such as `ndec/synthetic` or `ndec/full`.
 The embedded `ndec/synthetic` set is built on first use; the real configs
 (`ndec/full`, `ndec/disc21_dev`, their re-encoded variants) are prepared on
-first use from the manual directory when there is one (README, "Preparing
-NDEC"), else the error says how.
+first use from the manual directory when there is one (docs/paper_recipe.md,
+"Preparing NDEC"), else the error says how.
 """
 
 import io
@@ -145,7 +145,7 @@ def prepare(cfg, log=print, name: str | None = None) -> tfds.core.DatasetBuilder
         f"The dataset {name} is not prepared under {data_dir(cfg)} (looked "
         f"for {b.data_dir}), and there is no manual directory at "
         f"{manual_dir(cfg)} to prepare it from. Download NDEC and DISC21 as "
-        "tfds_ndec/README.md describes (README, 'Preparing NDEC'), then set "
+        "tfds_ndec/README.md describes (README, 'NDEC and the paper recipe'), then set "
         "--config.data.manual_dir to the download, or prepare once with "
         f"`python -m tfds_ndec.prepare {source} --manual_dir <download> "
         f"--data_dir {data_dir(cfg)}`; or point --config.data.data_dir (or "

@@ -10,7 +10,7 @@ ArrayRecord shards under --out, on every core. Training reads them with
 `--config.data.views_dir=/data/ndec_views`: per identity K of the V views at
 random, then BoT's online transform (flip, pad by 10/256 of the side, random
 crop). A view then costs a JPEG decode instead of the whole edit chain
-(README: "The input pipeline feeding that recipe"), and the views of an
+(docs/performance.md: "The input pipeline feeding that recipe"), and the views of an
 identity are a fixed set, as in the paper's training.
 
 Each shard is written under a temporary name and renamed when complete, so

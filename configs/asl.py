@@ -8,8 +8,8 @@
       --config.data.manual_dir=~/ndec_download
       The paper recipe (BoT-style ResNet-50 with WaveBlock, ghost BN, a
       class-sharded 10x CE head, soft triplet + ASL) on the real NDEC data,
-      prepared on first use from the manual download (README, "Preparing
-      NDEC"). Add --config.model.init_from=resnet50.pth for Barlow Twins init.
+      prepared on first use from the manual download (docs/paper_recipe.md,
+      "Preparing NDEC"). Add --config.model.init_from=resnet50.pth for Barlow Twins init.
   python -m asl_jax.main --config configs/asl.py:ndec_baseline ...
       The same recipe without ASL (norm-ratio loss off), for the comparison.
   python -m asl_jax.main --config configs/asl.py:ndec_sscd ...  (and :ndec_sscd_baseline)
@@ -238,7 +238,7 @@ def _paper_recipe(c, asl: bool):
       "sticker": dict(overlay), "text": dict(overlay), "text2": dict(overlay),
       "paste_onto": {"scale": (0.4, 1.0)}})
   # The edit chain is Python/PIL: threads share a core (the GIL), processes
-  # scale (README: "The input pipeline feeding that recipe"). Two reader
+  # scale (docs/performance.md: "The input pipeline feeding that recipe"). Two reader
   # threads in each worker.
   c.data.update(num_workers=-1, num_threads=2)
   c.model.update(variant="r50", width=64, projector_dims=(4096, 8192),

@@ -6,7 +6,7 @@ copy detection: one class per training image, N images x m views a batch
       The default variant, `sym_asl`, on the embedded demo (`ndec/synthetic`,
       the ASL demo's model, batch, steps and evaluation, within 10 CPU
       minutes): of the variants measured there, the one whose ASL gate works
-      (README, "The recall-surrogate variant"; `sym` has the highest μAP).
+      (docs/results.md, "The recall-surrogate variant"; `sym` has the highest μAP).
 
 Variants, `configs/recall_surrogate.py:<variant>`:
   sym          symmetric design: every one of the m views is a query, the rest

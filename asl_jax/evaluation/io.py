@@ -164,7 +164,7 @@ def _h5(path: str):
     return h5py.File(path, "r")
   except OSError as e:
     raise FormatError(f"{path} is not an HDF5 file ({e}); expected descriptors written as "
-                      "HDF5 (README, 'Evaluating descriptors').") from None
+                      "HDF5 (README, 'The other commands').") from None
 
 
 def check_vectors(path: str, name: str, vectors: np.ndarray, ids: Sequence[str]) -> np.ndarray:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 # Convolutions whose output is at most this many pixels a side run as one
 # matrix product over their patches (im2col) where `small_conv` says so: XLA's
 # CPU backend runs a 3x3 convolution with a 2x2 output some 50 times slower
-# than the same matrix product (README, "Performance").
+# than the same matrix product (docs/performance.md).
 SMALL_CONV_SIDE = 4
 
 
@@ -33,7 +33,7 @@ def conv_canonical_grad(x, w, s: int, pad: int):
   that JAX writes (batch as the contracted feature, a swapped kernel) into
   that form itself, but not inside a loop body (`lax.scan`, as the two-pass
   step has), where it computes them with its naive loop emitter some 25
-  times slower (README, "Performance")."""
+  times slower (docs/performance.md)."""
   return _conv(x, w, s, pad)
 
 
