@@ -90,3 +90,60 @@ class Conv(nn.Module):
     if self.canonical_grad:
       return conv_canonical_grad(x, kernel, s, k // 2)
     return _conv(x, kernel, s, k // 2)
+
+
+def _shifted(x, i: int, j: int, s: int, ho: int, wo: int):
+  """x[:, i + s*h, j + s*w, :] for h < ho, w < wo."""
+  return jax.lax.slice(x, (0, i, j, 0), (x.shape[0], i + s * (ho - 1) + 1,
+                                         j + s * (wo - 1) + 1, x.shape[3]), (1, s, s, 1))
+
+
+def _depthwise_sum(xp, w, s: int, ho: int, wo: int):
+  """sum_ij xp[:, i + s*h, j + s*w, c] * w[i, j, c]: a depthwise correlation
+  over an already padded input, as k*k shifted multiply-adds."""
+  out = None
+  for i in range(w.shape[0]):
+    for j in range(w.shape[1]):
+      term = _shifted(xp, i, j, s, ho, wo) * w[i, j]
+      out = term if out is None else out + term
+  return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_shifts(x, w, s: int, pad: int):
+  """The depthwise convolution `lax.conv_general_dilated(x, w[:, :, None],
+  s, pad, feature_group_count=C)` (NHWC, w [k, k, C]) as k*k shifted
+  multiply-adds, with gradients of the same kind. XLA's CPU backend runs a
+  grouped convolution with one channel a group element by element: some 20
+  times slower forward and 2-13 times slower backward than this
+  (docs/performance.md, "The MobileNetV4 student on the CPU")."""
+  return _depthwise_fwd(x, w, s, pad)[0]
+
+
+def _depthwise_fwd(x, w, s, pad):
+  k = w.shape[0]
+  ho, wo = (x.shape[1] + 2 * pad - k) // s + 1, (x.shape[2] + 2 * pad - k) // s + 1
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  return _depthwise_sum(xp, w, s, ho, wo), (xp, w)
+
+
+def _depthwise_bwd(s, pad, res, g):
+  xp, w = res
+  k, (ho, wo) = w.shape[0], g.shape[1:3]
+  h, wd = xp.shape[1] - 2 * pad, xp.shape[2] - 2 * pad
+  # dw[i, j, c] = sum over images and outputs of the input each tap saw times g.
+  dw = jnp.stack([jnp.stack([jnp.sum(_shifted(xp, i, j, s, ho, wo) * g, (0, 1, 2))
+                             for j in range(k)]) for i in range(k)])
+  # dx: g dilated by s (zeros between its pixels) and padded by k - 1, correlated
+  # with the kernel turned by 180 degrees; the rows and columns of the padded input
+  # that are padding are cut off. High padding makes the dilated g as tall as needed.
+  hi_h = h + pad - s * (ho - 1) - 1
+  hi_w = wd + pad - s * (wo - 1) - 1
+  zero = jnp.zeros((), g.dtype)
+  gd = jax.lax.pad(g, zero, ((0, 0, 0), (k - 1 - pad, hi_h, s - 1),
+                             (k - 1 - pad, hi_w, s - 1), (0, 0, 0)))
+  dx = _depthwise_sum(gd, jnp.flip(w, (0, 1)), 1, h, wd)
+  return dx.astype(xp.dtype), dw.astype(w.dtype)
+
+
+depthwise_shifts.defvjp(_depthwise_fwd, _depthwise_bwd)

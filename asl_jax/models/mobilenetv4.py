@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from asl_jax.models import resnet
+from asl_jax.models import conv, resnet
 
 # Blocks per stage: ("cn", kernel, stride, out) a convolution + BN + ReLU;
 # ("uir", start kernel (0: none), mid kernel (0: none), stride, expansion, out)
@@ -68,6 +68,7 @@ class ConvBN(nn.Module):
   act: bool = True
   depthwise: bool = False
   dtype: Any = jnp.float32
+  shifts: bool = False  # A depthwise convolution as shifted multiply-adds (conv.py).
 
   @nn.compact
   def __call__(self, x):
@@ -76,10 +77,13 @@ class ConvBN(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (k, k, cin // groups, self.filters), jnp.float32)
     pad = k // 2
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype), (self.strides,) * 2,
-        ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if self.depthwise and self.shifts:
+      y = conv.depthwise_shifts(x, kernel[:, :, 0], self.strides, pad)
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, kernel, (self.strides,) * 2, ((pad, pad), (pad, pad)),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
     y = self.norm(name="bn")(y)
     return nn.relu(y) if self.act else y
 
@@ -96,11 +100,13 @@ class InvertedBottleneck(nn.Module):
   filters: int
   norm: Any
   dtype: Any = jnp.float32
+  shifts: bool = False
 
   @nn.compact
   def __call__(self, x):
     cin = x.shape[-1]
-    conv = lambda f, k, s, **kw: ConvBN(f, k, s, self.norm, dtype=self.dtype, **kw)
+    conv = lambda f, k, s, **kw: ConvBN(f, k, s, self.norm, dtype=self.dtype,
+                                        shifts=self.shifts, **kw)
     y = x
     if self.start:
       y = conv(cin, self.start, 1 if self.mid else self.strides, act=False, depthwise=True,
@@ -124,6 +130,10 @@ class MobileNetV4(nn.Module):
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9
   bn_groups: int = 1
+  # Depthwise convolutions: "shifts" (conv.depthwise_shifts), "xla" (a grouped
+  # convolution) or "auto" (shifts on the CPU backend, where XLA runs grouped
+  # convolutions element by element; cuDNN and the TPU have their own kernels).
+  depthwise: str = "auto"
 
   def setup(self):
     if self.variant not in VARIANTS:
@@ -135,6 +145,7 @@ class MobileNetV4(nn.Module):
   def __call__(self, images, train: bool = False):
     """images: [B, H, W, 3] float in ImageNet-normalised units."""
     norm = resnet.make_norm(train, self.bn_groups, self.bn_momentum, self.dtype)
+    shifts = resnet.on_cpu_if_auto(self.depthwise, "shifts")
     k, s, c = STEM
     x = ConvBN(c, k, s, norm, dtype=self.dtype, name="conv_stem")(images)
     for i, stage in enumerate(VARIANTS[self.variant]):
@@ -143,7 +154,8 @@ class MobileNetV4(nn.Module):
         if spec[0] == "cn":
           x = ConvBN(spec[3], spec[1], spec[2], norm, dtype=self.dtype, name=name)(x)
         else:
-          x = InvertedBottleneck(*spec[1:], norm=norm, dtype=self.dtype, name=name)(x)
+          x = InvertedBottleneck(*spec[1:], norm=norm, dtype=self.dtype, shifts=shifts,
+                                 name=name)(x)
     pooled = resnet.GeM(name="gem")(x)
     return resnet.descriptor_head(pooled, head=self.head, projector_dims=self.projector_dims,
                                   descriptor_dim=self.descriptor_dim,
