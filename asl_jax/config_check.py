@@ -37,6 +37,13 @@ def _num(lo=None, hi=None, lo_open=False, hi_open=False):
   return check, "a number " + " and ".join(parts)
 
 
+def _lr_mults(v) -> bool:
+  return isinstance(v, (tuple, list)) and all(
+      isinstance(p, (tuple, list)) and len(p) == 2 and _is_regex(p[0])
+      and isinstance(p[1], (int, float)) and not isinstance(p[1], bool) and p[1] >= 0
+      for p in v)
+
+
 def _is_regex(v) -> bool:
   import re
   try:
@@ -128,6 +135,8 @@ RULES = {
                          "a tuple of fractions of train.total_steps, each in (0, 1)"),
     "optim.trainable": (_is_regex, "a regular expression over parameter paths such as "
                         "'model/embed_fc/|model/gate_fc' ('' trains everything)"),
+    "optim.lr_mults": (_lr_mults, "pairs (regex over parameter paths, factor >= 0), e.g. "
+                       "((\"model/blocks\", 0.01),)"),
     "optim.b1": _num(0, 1, hi_open=True), "optim.b2": _num(0, 1, hi_open=True),
     "train.total_steps": _int(0), "train.log_every": _int(1),
     "train.checkpoint_every": _int(1), "train.keep_checkpoints": _int(1),

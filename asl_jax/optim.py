@@ -1,6 +1,7 @@
 """The optimizer of `config.optim`: Adam(W) with warmup and a cosine or step
-schedule, gradient clipping, and the regular expression (optim.trainable)
-that picks the parameters that train."""
+schedule, gradient clipping, the regular expression (optim.trainable) that
+picks the parameters that train, and per-parameter learning-rate factors
+(optim.lr_mults)."""
 
 import re
 
@@ -40,6 +41,8 @@ def make_optimizer(cfg, total_steps: int):
                              weight_decay=cfg.weight_decay, mask=mask))
   else:
     parts.append(optax.adam(schedule, b1=cfg.b1, b2=cfg.b2))
+  if cfg.lr_mults:
+    parts.append(scale_by_path(cfg.lr_mults))
   tx = optax.chain(*parts)
   if cfg.get("trainable", ""):
     # The other leaves get no update at all (no weight decay either).
@@ -47,6 +50,23 @@ def make_optimizer(cfg, total_steps: int):
         {True: tx, False: optax.set_to_zero()},
         lambda params: trainable_mask(params, cfg.trainable))
   return tx, schedule
+
+
+def lr_mult(path: str, lr_mults) -> float:
+  """The factor of optim.lr_mults whose regular expression first matches
+  `path` (re.search), 1 where none does."""
+  return next((float(f) for pattern, f in lr_mults if re.search(pattern, path)), 1.0)
+
+
+def scale_by_path(lr_mults) -> optax.GradientTransformation:
+  """Each update times its parameter's `lr_mult`, after Adam(W): the same as
+  that parameter's learning rate (and decoupled weight decay) times the
+  factor, as big_vision's `lr_mults`."""
+  def scale(updates, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(
+        lambda p, u: u * lr_mult(_path(p), lr_mults), updates)
+  return optax.stateless(scale)
 
 
 def _path(key_path) -> str:
@@ -78,3 +98,22 @@ def check_trainable(params, pattern: str, log=print):
                                                     jax.tree.leaves(mask), strict=True) if t)
   log(f"optim.trainable={pattern!r}: {len(paths)} parameter arrays ({count} values) train, "
       "the others stay as they are")
+
+
+def check_lr_mults(params, lr_mults, log=print):
+  """Each optim.lr_mults pattern must match a parameter that it reaches (an
+  earlier pattern takes a path first); logs how many values each scales."""
+  if not lr_mults:
+    return
+  leaves = [(_path(p), int(np.prod(x.shape)))
+            for p, x in jax.tree_util.tree_leaves_with_path(params)]
+  for i, (pattern, factor) in enumerate(lr_mults):
+    hit = [(path, n) for path, n in leaves
+           if re.search(pattern, path) and not any(re.search(q, path) for q, _ in lr_mults[:i])]
+    if not hit:
+      raise UserError(f"optim.lr_mults: {pattern!r} matches no parameter (or only ones an "
+                      "earlier pattern takes), so its factor would change nothing. Parameter "
+                      "paths look like 'model/blocks_3_1/pw_exp/kernel', "
+                      "'model/layer4_2/conv3/kernel', 'model/gate_fc1/kernel'.")
+    log(f"optim.lr_mults: {pattern!r} x{factor}: {len(hit)} parameter arrays "
+        f"({sum(n for _, n in hit)} values)")

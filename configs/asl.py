@@ -147,6 +147,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   o.grad_clip_norm = 0.0          # 0 = no clipping.
   o.trainable = ""                # Regex over parameter paths (model/gate_fc1/kernel, ...):
                                   # only matching ones train; '' = all.
+  o.lr_mults = ()                 # ((regex, factor), ...): the learning rate of the parameters
+                                  # whose path matches (first match) times factor, e.g.
+                                  # (("model/(conv_stem|blocks|layer)", 0.01),): a slow trunk.
 
   c.train = t = ml_collections.ConfigDict()
   t.total_steps = 1100            # 0: evaluate model.init_from as it is (no training).

@@ -137,3 +137,30 @@ def test_sscd_recipes_name_their_missing_files_before_any_work():
   c = load_config("ndec_sscd_asl")  # NDEC's download has a default place.
   with pytest.raises(UserError, match="needs --config.model.init_from"):
     config_check.validate(c)
+
+
+def test_lr_mults_scale_each_parameters_learning_rate():
+  from asl_jax import config_check
+  c = load_config("sscd_photos")
+  c.optim.update(warmup_steps=0, warmup_init_factor=1.0, weight_decay=0.0, trainable="",
+                 lr_mults=(("model/blocks", 0.0), ("model/gate", 0.1)))
+  tx, _ = optim.make_optimizer(c.optim, total_steps=10)
+  params = {"model": {"blocks_0_0": {"kernel": np.ones(3)}, "gate_fc1": {"kernel": np.ones(3)},
+                      "embed_fc": {"kernel": np.ones(3)}}}
+  grads = jax.tree.map(np.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  lr = c.optim.learning_rate  # Adam's first step moves every leaf by the rate itself.
+  np.testing.assert_allclose(updates["model"]["embed_fc"]["kernel"], -lr, rtol=1e-3)
+  np.testing.assert_allclose(updates["model"]["gate_fc1"]["kernel"], -0.1 * lr, rtol=1e-3)
+  np.testing.assert_allclose(updates["model"]["blocks_0_0"]["kernel"], 0.0)
+  optim.check_lr_mults(params, c.optim.lr_mults, log=lambda m: None)
+  with pytest.raises(UserError, match="'layer9' matches no parameter"):
+    optim.check_lr_mults(params, (("layer9", 0.1),))
+  with pytest.raises(UserError, match="only ones an earlier pattern takes"):
+    optim.check_lr_mults(params, (("model", 0.1), ("gate", 0.5)))
+  c.data.manual_dir, c.model.init_from = "photos", "sscd_distilled.onnx"
+  config_check.validate(c)
+  for bad in ((("model", -1.0),), (("(", 0.1),), ("model",)):
+    c.optim.lr_mults = bad
+    with pytest.raises(UserError, match="optim.lr_mults"):
+      config_check.validate(c)
