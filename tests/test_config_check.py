@@ -134,3 +134,15 @@ def test_main_prints_one_paragraph_and_exits_2(tmp_path):
   assert r.returncode == 2
   assert "Traceback" not in r.stderr
   assert "asl_jax: error: --config.model.variant='r999' is not allowed" in r.stderr
+
+
+def test_recipe_files_load_by_absolute_path_from_another_directory(tmp_path):
+  """configs/recall_surrogate.py imports configs.common (the package installed
+  with asl_jax): ml_collections loads the file by path, from anywhere."""
+  r = subprocess.run([sys.executable, "-m", "asl_jax.main", "--config",
+                      os.path.join(ROOT, "configs", "recall_surrogate.py") + ":asym",
+                      "--config.model.variant=r999", f"--workdir={tmp_path / 'run'}"],
+                     cwd=tmp_path, capture_output=True, text=True,
+                     env=dict(os.environ, PYTHONPATH=ROOT))
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert "asl_jax: error: --config.model.variant='r999' is not allowed" in r.stderr
