@@ -15,7 +15,7 @@ def make_optimizer(cfg, total_steps: int):
   """Adam(W) with linear warmup, then a cosine decay (optim.schedule=cosine)
   or steps (optim.schedule=steps: x optim.decay at each of optim.milestones,
   fractions of the run, as the RS@k paper's schedule), from `config.optim`."""
-  if cfg.get("schedule", "cosine") == "steps":
+  if cfg.schedule == "steps":
     boundaries = {int(round(f * total_steps)): cfg.decay for f in cfg.milestones}
     schedule = optax.join_schedules(
         [optax.linear_schedule(cfg.learning_rate * cfg.warmup_init_factor, cfg.learning_rate,
@@ -41,7 +41,7 @@ def make_optimizer(cfg, total_steps: int):
   else:
     parts.append(optax.adam(schedule, b1=cfg.b1, b2=cfg.b2))
   tx = optax.chain(*parts)
-  if cfg.get("trainable", ""):
+  if cfg.trainable:
     # The other leaves get no update at all (no weight decay either).
     tx = optax.multi_transform(
         {True: tx, False: optax.set_to_zero()},

@@ -101,7 +101,7 @@ def generate(config, out_dir: str, *, views: int = 20, seed: int = 0, quality: i
   todo = [s for s in range(i, count, n)
           if not os.path.exists(os.path.join(out_dir, shard_name(s, count)))]
   spec = dataclasses.replace(input_pipeline.view_spec(cfg), num_views=views)
-  paste = cfg.get("paste_backgrounds", "train")
+  paste = cfg.paste_backgrounds
   backgrounds = input_pipeline.Backgrounds(source) if paste == "train" else None
   task = functools.partial(_write_shard, source=source, spec=spec, backgrounds=backgrounds,
                            seed=seed, quality=quality, out_dir=out_dir, count=count)

@@ -103,7 +103,7 @@ def main(argv):
   d = config.data
   print(f"{config.data.name}: {len(train_src)} training images; batch {d.ids_per_batch} ids x "
         f"{d.views_per_id} views of {d.image_size} px; {os.cpu_count()} CPU cores")
-  if d.get("views_dir"):
+  if d.views_dir:
     print(f"Views read from {d.views_dir} (python -m asl_jax.pregenerate); the edit table is "
           "the cost of making them, the views/s table that of reading them.")
   edit_table(config, train_src)

@@ -149,7 +149,7 @@ def bench_input(config, builder, workers_list, batches):
     c.data.num_workers = w
     seconds = time_input(c, train_src, pairs, batches)
     rows.append({"workload": "input", "framework": "grain",
-                 "source": "pre-generated views" if c.data.get("views_dir") else "online edits",
+                 "source": "pre-generated views" if c.data.views_dir else "online edits",
                  "workers": input_pipeline.worker_processes(c.data),
                  "threads": c.data.num_threads, "batch": views // jax.process_count(),
                  "images_per_s": views // jax.process_count() * batches / sum(seconds),
