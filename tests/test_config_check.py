@@ -146,3 +146,22 @@ def test_recipe_files_load_by_absolute_path_from_another_directory(tmp_path):
                      env=dict(os.environ, PYTHONPATH=ROOT))
   assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
   assert "asl_jax: error: --config.model.variant='r999' is not allowed" in r.stderr
+
+
+def test_an_older_config_json_is_completed_from_the_recipes_defaults(tmp_path):
+  """run_config.complete (what inference.read_config loads a run with): fields a
+  saved config lacks come from configs/common.py; saved values, and the edit
+  maps a recipe chose whole, stay as saved."""
+  import json
+
+  from asl_jax import inference, run_config
+  saved = run_config.as_dict(load_config("ndec"))
+  del saved["eval"]["resize"], saved["model"]["small_conv"], saved["eval"]["verify"]
+  saved["model"]["width"] = 7
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  c = inference.read_config(str(tmp_path))
+  assert c.eval.resize == "square" and c.model.small_conv == "auto"
+  assert c.eval.verify.to_dict() == load_config().eval.verify.to_dict()
+  assert c.model.width == 7 and c.data.image_size == 256
+  assert dict(c.data.train_edits) == dict(load_config("ndec").data.train_edits)
+  assert "resize" not in c.data.train_edits  # The demo's edit list is not mixed in.
