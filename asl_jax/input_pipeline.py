@@ -282,7 +282,7 @@ def train_dataset(train_source, pairs_source, cfg, *, seed: int,
 def _to_iter(ds: grain.MapDataset, cfg) -> grain.IterDataset:
   it = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=cfg.num_threads, prefetch_buffer_size=max(4, cfg.num_threads)))
-  if workers := worker_processes(cfg):
+  if workers := worker_processes(cfg.num_workers):
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=workers, per_worker_buffer_size=2))
   return it

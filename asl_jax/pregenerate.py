@@ -105,7 +105,7 @@ def generate(config, out_dir: str, *, views: int = 20, seed: int = 0, quality: i
   backgrounds = input_pipeline.Backgrounds(source) if paste == "train" else None
   task = functools.partial(_write_shard, source=source, spec=spec, backgrounds=backgrounds,
                            seed=seed, quality=quality, out_dir=out_dir, count=count)
-  procs = input_pipeline.worker_processes({"num_workers": workers})
+  procs = input_pipeline.worker_processes(workers)
   log(f"{len(source)} identities x {views} views of {cfg.image_size} px into {out_dir}: "
       f"{len(todo)} of {count} shards to write (part {i}/{n}), {procs or 1} process(es).")
   t0, done = time.perf_counter(), 0

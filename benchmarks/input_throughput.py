@@ -110,7 +110,7 @@ def main(argv):
   print(f"\n{'workers':>7s} {'threads':>7s} {'views/s':>8s} {'per process':>11s}")
   for w in (int(x) for x in _WORKERS.value):
     rate = pipeline_rate(config, train_src, pairs_src, w)
-    w = input_pipeline.worker_processes(config.data)
+    w = input_pipeline.worker_processes(config.data.num_workers)
     print(f"{w:>7d} {d.num_threads:>7d} {rate:>8.0f} {rate / max(1, w):>11.0f}", flush=True)
 
 
