@@ -33,12 +33,12 @@ def fingerprint(config) -> dict:
       "data.views_per_id": d.views_per_id,
       "data.pair_ids_per_batch": d.pair_ids_per_batch,
       # The saved Grain position is laid out per worker process.
-      "data.num_workers": data.worker_processes(d),
+      "data.num_workers": data.worker_processes(d.num_workers),
       "data.synthetic": json.loads(d.synthetic.to_json()) if d.name == "ndec/synthetic" else None,
       # Only when set, so that checkpoints from before the field still match.
-      **({"data.train_every": d.train_every} if d.get("train_every", 1) != 1 else {}),
+      **({"data.train_every": d.train_every} if d.train_every != 1 else {}),
       # Pre-generated views feed another pipeline (its saved position differs).
-      **({"data.pregenerated_views": True} if d.get("views_dir") else {}),
+      **({"data.pregenerated_views": True} if d.views_dir else {}),
   }
 
 

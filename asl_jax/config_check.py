@@ -186,8 +186,8 @@ def _check_recall_surrogate(config):
   """RS@k's batch design: the views per image, the k set, SiMix, distractors."""
   from asl_jax import recall_surrogate  # Imports jax; only when the term is on.
   d, l = config.data, config.loss
-  if l.get("rs_at_k", 0) <= 0:
-    if l.get("simix", False):
+  if l.rs_at_k <= 0:
+    if l.simix:
       _fail("loss.simix", True, "False while loss.rs_at_k is 0",
             "SiMix mixes the embeddings of the RS@k loss; set --config.loss.rs_at_k above 0 "
             "(configs/recall_surrogate.py) or --config.loss.simix=False.")
@@ -221,7 +221,7 @@ def _check_recall_surrogate(config):
 def _check_chunks(config, num_devices: int):
   """The two-pass step's chunks split the batch, and each chunk the devices."""
   d = config.data
-  chunks = config.train.get("num_chunks", 1)
+  chunks = config.train.num_chunks
   batch = d.ids_per_batch * d.views_per_id
   if chunks > 1 and batch % chunks:
     _fail("train.num_chunks", chunks,
@@ -233,7 +233,7 @@ def _check_chunks(config, num_devices: int):
           f"such that each chunk of {batch} / {chunks} = {batch // chunks} images splits "
           f"evenly over the {num_devices} devices",
           "Choose fewer chunks or a batch that splits over chunks x devices.")
-  groups = config.model.get("bn_groups", 1)
+  groups = config.model.bn_groups
   per_device = batch // chunks // num_devices
   if chunks > 1 and groups > 1 and per_device % groups:
     _fail("model.bn_groups", groups,
@@ -246,19 +246,19 @@ def _check_model_init(config, workdir):
   """The head's gate feature, the MobileNet's options, evaluation without
   training, and BatchNorm folded into ONNX weights."""
   m, t = config.model, config.train
-  head, init = m.get("head", "bot"), m.get("init_from", "")
+  head, init = m.head, m.init_from
   if head == "sscd" and m.gate_feature == "projector":
     _fail("model.gate_feature", "projector", "'pooled' or 'descriptor' with model.head='sscd'",
           "SSCD's head has no projector: gate on the pooled trunk feature (pooled) or on the "
           "embedding before L2 normalisation (descriptor).")
-  if m.variant == "mnv4s" and m.get("wave_block", False):
+  if m.variant == "mnv4s" and m.wave_block:
     _fail("model.wave_block", True, "False with model.variant='mnv4s'",
           "WaveBlock sits after ResNet's layer2 and layer3; the MobileNetV4 has no such place.")
   if t.total_steps == 0 and not init:
     _fail("train.total_steps", 0, "at least 1 unless model.init_from names the weights to "
           "evaluate", "Set --config.model.init_from to a pretrained file (.onnx, .pth/.pt, "
           ".safetensors) or another run's workdir to evaluate it without training.")
-  if init.endswith(".onnx") and t.total_steps > 0 and t.get("batch_norm", "batch") == "batch":
+  if init.endswith(".onnx") and t.total_steps > 0 and t.batch_norm == "batch":
     _fail("train.batch_norm", "batch", "'frozen' when training from an ONNX file",
           "ONNX copy detectors come with BatchNorm folded into the convolutions: their "
           "BatchNorm is the identity carrying the folded bias, and batch statistics would "
@@ -302,17 +302,17 @@ def _check_training_data(config):
     raise UserError("data.train_edits names 'crop', but the views are already cropped: "
                     "set the crop's area range with data.crop_area instead.")
   try:
-    copy_edits.check_edits(d.train_edits, d.get("edit_params") or {})
+    copy_edits.check_edits(d.train_edits, d.edit_params)
   except ValueError as e:
     raise UserError(f"data.train_edits / data.edit_params: {e}") from None
   try:
-    copy_edits.check_information(dict(d.get("edit_information") or {}))
+    copy_edits.check_information(dict(d.edit_information))
   except ValueError as e:
     raise UserError(f"data.edit_information: {e}") from None
-  if d.get("views_dir") and d.pair_ids_per_batch > 0:
+  if d.views_dir and d.pair_ids_per_batch > 0:
     raise UserError("Pre-generated views (data.views_dir) hold training images only; set "
                     "data.pair_ids_per_batch=0, or data.views_dir='' to mix in NDEC pairs.")
-  workers = d.get("num_workers", 0)
+  workers = d.num_workers
   if not isinstance(workers, int) or workers < -1:
     raise UserError(f"data.num_workers={workers!r}: give 0 (no worker processes, the "
                     "reader's threads), a number of Grain worker processes, or -1 for "
@@ -349,7 +349,7 @@ def validate(config, workdir: str | None = None, num_devices: int | None = None)
           f"The batch of data.ids_per_batch x data.views_per_id = {d.ids_per_batch} x "
           f"{d.views_per_id} = {batch} images does not split evenly over {num_devices} "
           "devices; choose --config.data.ids_per_batch so that it does.")
-    groups = config.model.get("bn_groups", 1)
+    groups = config.model.bn_groups
     if groups > 1 and (batch // num_devices) % groups:
       raise UserError(
           f"--config.model.bn_groups={groups} does not divide the {batch // num_devices} "

@@ -167,7 +167,7 @@ def train_source(b: tfds.core.DatasetBuilder, cfg):
   """The training identities of `config.data`: every `train_every`-th image
   of the `train` split."""
   src = source(b, "train")
-  n = cfg.get("train_every", 1)
+  n = cfg.train_every
   return src if n == 1 else EveryNth(src, n)
 
 
@@ -236,12 +236,11 @@ def _records(src):
     yield src[i]
 
 
-def worker_processes(cfg) -> int:
-  """Grain worker processes of `data.num_workers`: 0 = none (the reader's
+def worker_processes(n: int) -> int:
+  """Grain worker processes of a `num_workers` setting (data.num_workers): 0 = none (the reader's
   threads, in this process), n > 0 = n, -1 = one per CPU core this process
   may use. The copy-edit chain is Python and PIL, so threads share one core
   (the GIL) and only processes scale it (benchmarks/input_throughput.py)."""
-  n = cfg.get("num_workers", 0)
   if n == -1:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   return n

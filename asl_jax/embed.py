@@ -15,16 +15,15 @@ that are not images, or do not decode, are skipped and listed. Prints a
 JSON summary.
 """
 
-import argparse
 import os
+import sys
 
 from asl_jax import cli, paths
 from asl_jax.errors import UserError
 
 
 def parse(argv):
-  p = argparse.ArgumentParser(prog="python -m asl_jax.embed",
-                              description=__doc__.split("\n\n")[0])
+  p = cli.parser("python -m asl_jax.embed", __doc__)
   p.add_argument("--workdir", required=True, help="The trained asl_jax run.")
   p.add_argument("--images", help="A folder of images (sub-folders included).")
   p.add_argument("--split", help="Or a split of the run's prepared data: queries, "
@@ -76,9 +75,10 @@ def run(args, log=print) -> dict:
           "skipped": len(skipped), "skipped_files": [vars(s) for s in skipped]}
 
 
-def main(argv=None):
-  cli.run_json_command(run, parse(argv))
+def main(argv=None) -> int:
+  """Returns the exit status (cli.status)."""
+  return cli.run_json_command(run, parse, argv)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -4,7 +4,8 @@
 class UserError(Exception):
   """Bad input or setup: the message says what was expected and what to do.
 
-  `asl_jax.main` prints it without a traceback and exits with status 2.
+  Every command prints it as one paragraph, `asl_jax: error: ...`, without a
+  traceback and exits with status 2 (asl_jax.cli.status).
   """
 
 

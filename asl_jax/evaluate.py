@@ -14,38 +14,52 @@ counts used and the settings). A malformed input exits with status 2 and a
 message naming the file and line.
 """
 
+import argparse
 import json
 import sys
 
-from absl import app, flags
-
-from asl_jax import paths
+from asl_jax import cli, paths
 from asl_jax.errors import UserError
 
-_PRED = flags.DEFINE_string("predictions", None, "CSV query_id,reference_id,score.")
-_GT = flags.DEFINE_string("ground_truth", None, "CSV query_id,reference_id.")
-_DESC = flags.DEFINE_string("descriptors", None, "Track-2 submission HDF5.")
-_QDESC = flags.DEFINE_string("query_descriptors", None, "Working-layout HDF5 of queries.")
-_RDESC = flags.DEFINE_list("reference_descriptors", None, "Working-layout HDF5 shards.")
-_TDESC = flags.DEFINE_list("train_descriptors", None,
-                           "Training descriptors (PCA-whitening, score normalisation).")
-_K = flags.DEFINE_integer("k", 10, "Nearest references per query.")
-_BUDGET = flags.DEFINE_string("global_budget", None,
-                              "Keep the N best pairs overall; 'auto' = 10 x queries in GT.")
-_METRIC = flags.DEFINE_enum("metric", "ip", ["ip", "l2"], "Similarity.")
-_BACKEND = flags.DEFINE_enum("backend", "auto", ["auto", "faiss", "jax"], "Search backend "
-                             "(auto: faiss on a CPU host that has it, else jax).")
-_INDEX = flags.DEFINE_string("index", "Flat", "faiss index-factory string.")
-_PCA = flags.DEFINE_integer("pca_dim", 0, "PCA-whiten to this many dimensions.")
-_SN = flags.DEFINE_enum("score_norm", "none", ["none", "sscd", "isc"], "Score normalisation.")
-_SN_N = flags.DEFINE_integer("score_norm_n", 1, "First background neighbour (1-based).")
-_SN_END = flags.DEFINE_integer("score_norm_n_end", 3, "Last background neighbour (sscd).")
-_SN_F = flags.DEFINE_float("score_norm_factor", 1.0, "β (sscd) or factor (isc).")
-_DROP = flags.DEFINE_bool("drop_unlisted_queries", False,
-                          "Drop predictions for queries not in the ground truth "
-                          "(DrivenData's leaderboard behaviour).")
-_MAX = flags.DEFINE_integer("max_results", 0, "Refuse more predictions than this (0 = no cap).")
-_WRITE = flags.DEFINE_string("write_predictions", None, "Also write the predictions here.")
+
+def parse(argv=None):
+  """The flags (the names and meanings the absl version had: comma lists,
+  --drop_unlisted_queries / --nodrop_unlisted_queries)."""
+  p = cli.parser("python -m asl_jax.evaluate", __doc__)
+  p.add_argument("--predictions", help="CSV query_id,reference_id,score.")
+  p.add_argument("--ground_truth", help="CSV query_id,reference_id.")
+  p.add_argument("--descriptors", help="Track-2 submission HDF5.")
+  p.add_argument("--query_descriptors", help="Working-layout HDF5 of queries.")
+  p.add_argument("--reference_descriptors", type=cli.comma_list,
+                 help="Working-layout HDF5 shards, comma-separated.")
+  p.add_argument("--train_descriptors", type=cli.comma_list,
+                 help="Training descriptors (PCA-whitening, score normalisation), "
+                 "comma-separated.")
+  p.add_argument("--k", type=int, default=10, help="Nearest references per query.")
+  p.add_argument("--global_budget",
+                 help="Keep the N best pairs overall; 'auto' = 10 x queries in GT.")
+  p.add_argument("--metric", choices=["ip", "l2"], default="ip", help="Similarity.")
+  p.add_argument("--backend", choices=["auto", "faiss", "jax"], default="auto",
+                 help="Search backend (auto: faiss on a CPU host that has it, else jax).")
+  p.add_argument("--index", default="Flat", help="faiss index-factory string.")
+  p.add_argument("--pca_dim", type=int, default=0, help="PCA-whiten to this many dimensions.")
+  p.add_argument("--score_norm", choices=["none", "sscd", "isc"], default="none",
+                 help="Score normalisation.")
+  p.add_argument("--score_norm_n", type=int, default=1,
+                 help="First background neighbour (1-based).")
+  p.add_argument("--score_norm_n_end", type=int, default=3,
+                 help="Last background neighbour (sscd).")
+  p.add_argument("--score_norm_factor", type=float, default=1.0,
+                 help="β (sscd) or factor (isc).")
+  p.add_argument("--drop_unlisted_queries", action="store_true",
+                 help="Drop predictions for queries not in the ground truth "
+                 "(DrivenData's leaderboard behaviour).")
+  p.add_argument("--nodrop_unlisted_queries", dest="drop_unlisted_queries",
+                 action="store_false", help=argparse.SUPPRESS)
+  p.add_argument("--max_results", type=int, default=0,
+                 help="Refuse more predictions than this (0 = no cap).")
+  p.add_argument("--write_predictions", help="Also write the predictions here.")
+  return p.parse_args(argv)
 
 
 def check_flags(predictions, descriptor_flags: dict, k: int, budget: str | None):
@@ -87,31 +101,31 @@ def check_ids(q, gt_rows, r=None, log=None):
                 ": are the references from another set?")
 
 
-def _search(qv, rv, budget):
+def _search(a, qv, rv, budget):
   from asl_jax.evaluation import search
   if qv.shape[1] != rv.shape[1]:
     raise UserError(f"The query descriptors have {qv.shape[1]} dimensions, the references "
                     f"{rv.shape[1]}; they must come from the same model.")
   try:
-    return search.search(qv, rv, k=_K.value, metric=_METRIC.value, backend=_BACKEND.value,
-                         index=_INDEX.value, global_budget=budget)
+    return search.search(qv, rv, k=a.k, metric=a.metric, backend=a.backend,
+                         index=a.index, global_budget=budget)
   except RuntimeError as e:  # faiss: an index string it cannot parse or train.
-    if _BACKEND.value == "jax":  # Only faiss raises RuntimeError for an index string.
+    if a.backend == "jax":  # Only faiss raises RuntimeError for an index string.
       raise
     first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-    raise UserError(f"--index={_INDEX.value!r}: faiss could not build or train this index "
+    raise UserError(f"--index={a.index!r}: faiss could not build or train this index "
                     f"({first}). Give an index-factory string such as Flat, "
                     "IVF1024,Flat or IVF1024,PQ32 (with enough references to train it).") from None
 
 
-def _descriptor_predictions(gt_rows):
+def _descriptor_predictions(a, gt_rows):
   import numpy as np
   from asl_jax.evaluation import io, search
-  if _DESC.value:
-    qids, qv, rids, rv = io.read_submission(_DESC.value)
-  elif _QDESC.value and _RDESC.value:
-    qids, qv = io.read_descriptors(_QDESC.value)
-    rids, rv = io.read_descriptors(_RDESC.value)
+  if a.descriptors:
+    qids, qv, rids, rv = io.read_submission(a.descriptors)
+  elif a.query_descriptors and a.reference_descriptors:
+    qids, qv = io.read_descriptors(a.query_descriptors)
+    rids, rv = io.read_descriptors(a.reference_descriptors)
   else:
     raise UserError("Give --descriptors FILE.h5 (track-2 layout) or both "
                     "--query_descriptors and --reference_descriptors.")
@@ -120,67 +134,63 @@ def _descriptor_predictions(gt_rows):
   if not keep.any():
     raise UserError("None of the query descriptors' ids appear in the ground truth.")
   qids, qv = [q for q, k in zip(qids, keep) if k], qv[keep]
-  train = io.read_descriptors(_TDESC.value)[1] if _TDESC.value else None
-  settings = {"metric": _METRIC.value, "backend": _BACKEND.value, "index": _INDEX.value}
-  if _PCA.value:
+  train = io.read_descriptors(a.train_descriptors)[1] if a.train_descriptors else None
+  settings = {"metric": a.metric, "backend": a.backend, "index": a.index}
+  if a.pca_dim:
     if train is None:
       raise UserError("--pca_dim needs --train_descriptors (never fit on references).")
-    whiten = search.pca_whitening(train, _PCA.value)
+    whiten = search.pca_whitening(train, a.pca_dim)
     qv, rv, train = whiten(qv), whiten(rv), whiten(train)
-    settings["pca_dim"] = _PCA.value
+    settings["pca_dim"] = a.pca_dim
   budget = None
-  if _BUDGET.value:
-    budget = 10 * len(qids) if _BUDGET.value == "auto" else int(_BUDGET.value)
+  if a.global_budget:
+    budget = 10 * len(qids) if a.global_budget == "auto" else int(a.global_budget)
     settings["global_budget"] = budget
   else:
-    settings["k"] = _K.value
-  cands = _search(qv, rv, budget)
-  if _SN.value != "none":
+    settings["k"] = a.k
+  cands = _search(a, qv, rv, budget)
+  if a.score_norm != "none":
     if train is None:
       raise UserError("--score_norm needs --train_descriptors as the background set.")
-    cands.score = search.normalized_scores(cands, qv, train, _SN.value, _SN_N.value,
-                                           _SN_END.value, _SN_F.value)
-    settings["score_norm"] = {"method": _SN.value, "n": _SN_N.value,
-                              "n_end": _SN_END.value, "factor": _SN_F.value}
+    cands.score = search.normalized_scores(cands, qv, train, a.score_norm, a.score_norm_n,
+                                           a.score_norm_n_end, a.score_norm_factor)
+    settings["score_norm"] = {"method": a.score_norm, "n": a.score_norm_n,
+                              "n_end": a.score_norm_n_end, "factor": a.score_norm_factor}
   q = [qids[i] for i in cands.query_index]
   r = [rids[i] for i in cands.reference_index]
   return q, r, cands.score, settings
 
 
-def run() -> dict:
+def run(a) -> dict:
+  """The metrics of what the parsed flags `a` name (a UserError for bad input)."""
   from asl_jax.evaluation import io, metrics
-  if not _GT.value:
+  if not a.ground_truth:
     raise UserError("--ground_truth G.csv is required.")
-  check_flags(_PRED.value, {"--descriptors": _DESC.value, "--query_descriptors": _QDESC.value,
-                            "--reference_descriptors": _RDESC.value,
-                            "--train_descriptors": _TDESC.value}, _K.value, _BUDGET.value)
-  if _WRITE.value:
-    paths.output_file(_WRITE.value, "--write_predictions", "the predictions")
-  gt_rows = io.read_ground_truth(_GT.value)
-  if _PRED.value:
-    p = io.read_predictions(_PRED.value)
-    q, r, s, settings = p.query_ids, p.reference_ids, p.scores, {"predictions": _PRED.value}
+  check_flags(a.predictions, {"--descriptors": a.descriptors,
+                              "--query_descriptors": a.query_descriptors,
+                              "--reference_descriptors": a.reference_descriptors,
+                              "--train_descriptors": a.train_descriptors},
+              a.k, a.global_budget)
+  if a.write_predictions:
+    paths.output_file(a.write_predictions, "--write_predictions", "the predictions")
+  gt_rows = io.read_ground_truth(a.ground_truth)
+  if a.predictions:
+    p = io.read_predictions(a.predictions)
+    q, r, s, settings = p.query_ids, p.reference_ids, p.scores, {"predictions": a.predictions}
   else:
-    q, r, s, settings = _descriptor_predictions(gt_rows)
+    q, r, s, settings = _descriptor_predictions(a, gt_rows)
   check_ids(q, gt_rows, r, log=lambda m: print(m, file=sys.stderr))
-  if _WRITE.value:
-    io.write_predictions(_WRITE.value, q, r, s)
-  out = metrics.evaluate_predictions(q, r, s, gt_rows, _DROP.value, _MAX.value)
+  if a.write_predictions:
+    io.write_predictions(a.write_predictions, q, r, s)
+  out = metrics.evaluate_predictions(q, r, s, gt_rows, a.drop_unlisted_queries, a.max_results)
   out["settings"] = settings
   return out
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    print(json.dumps(run(), indent=2))
-  except UserError as e:
-    print(f"asl_jax.evaluate: error: {e}", file=sys.stderr)
-    sys.exit(2)
+def main(argv=None) -> int:
+  """Prints the metrics as one JSON object; returns the exit status."""
+  return cli.run_command(lambda a: print(json.dumps(run(a), indent=2)), parse, argv)
 
 
 if __name__ == "__main__":
-  from asl_jax import cli
-  cli.help_exits_zero(sys.argv[1:])
-  app.run(main)
+  sys.exit(main())

@@ -12,7 +12,7 @@ agreement with the JAX model is printed (and a disagreement is an error).
 Needs jax2onnx, installed without its pinned dependencies (the error says how).
 """
 
-import argparse
+import sys
 
 import numpy as np
 
@@ -23,8 +23,7 @@ MIN_COSINE = 0.9999
 
 
 def parse(argv):
-  p = argparse.ArgumentParser(prog="python -m asl_jax.export",
-                              description=__doc__.split("\n\n")[0])
+  p = cli.parser("python -m asl_jax.export", __doc__)
   p.add_argument("--workdir", required=True, help="The trained asl_jax run.")
   p.add_argument("--out", required=True, help="The ONNX file to write.")
   p.add_argument("--overwrite", action="store_true", help="Replace an existing --out.")
@@ -80,9 +79,10 @@ def run(args, log=print) -> dict:
   return out
 
 
-def main(argv=None):
-  cli.run_json_command(run, parse(argv))
+def main(argv=None) -> int:
+  """Returns the exit status (cli.status)."""
+  return cli.run_json_command(run, parse, argv)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -20,10 +20,10 @@ or same_frame); --unverified adds the other candidates. Writes into OUT:
 and prints a JSON summary.
 """
 
-import argparse
 import collections
 import dataclasses
 import os
+import sys
 
 from asl_jax import cli
 from asl_jax.errors import UserError
@@ -39,8 +39,7 @@ OUTPUTS = ("pairs.csv", "skipped.csv", "contact_sheet.png")
 
 
 def parse(argv):
-  p = argparse.ArgumentParser(prog="python -m asl_jax.find",
-                              description=__doc__.split("\n\n")[0])
+  p = cli.parser("python -m asl_jax.find", __doc__)
   p.add_argument("--workdir", required=True, help="The trained asl_jax run.")
   p.add_argument("--images", required=True, help="The folder of photos.")
   p.add_argument("--out", default="copies", help="Output folder (default: ./copies).")
@@ -117,9 +116,10 @@ def run(args, log=print) -> dict:
           "outputs": [os.path.join(args.out, f) for f in ("pairs.csv", "skipped.csv")] + sheets}
 
 
-def main(argv=None):
-  cli.run_json_command(run, parse(argv))
+def main(argv=None) -> int:
+  """Returns the exit status (cli.status)."""
+  return cli.run_json_command(run, parse, argv)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -213,7 +213,7 @@ def train_step_flops(config, num_classes: int, device_count: int = 1) -> dict:
   one_pass = config.copy_and_resolve_references()
   one_pass.train.num_chunks = 1
   executed = count_fn(*abstract_step(config, num_classes))
-  model = (executed if config.train.get("num_chunks", 1) == 1
+  model = (executed if config.train.num_chunks == 1
            else count_fn(*abstract_step(one_pass, num_classes)))
   return {"model": model.total / device_count, "executed": executed.total / device_count,
           "unknown_loops": executed.unknown_loops}
@@ -226,7 +226,7 @@ def step_report(config, num_classes: int, update, state, batch, rng, compiled=No
   import jax
   devices = jax.device_count()
   executed = count_fn(update, state, batch, rng)
-  if config.train.get("num_chunks", 1) > 1:
+  if config.train.num_chunks > 1:
     one_pass = config.copy_and_resolve_references()
     one_pass.train.num_chunks = 1
     model = count_fn(*abstract_step(one_pass, num_classes))

@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from asl_jax import paths
+from asl_jax import cli, paths
 from asl_jax.errors import UserError
 from asl_jax.evaluation import decisions, gate_apply
 from asl_jax.evaluation import io as eval_io
@@ -43,9 +43,8 @@ def _prepared(name: str, data_dir: str):
   return b
 
 
-def main(argv=None) -> int:
-  import argparse
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse(argv=None):
+  p = cli.parser("python -m asl_jax.gate", __doc__)
   p.add_argument("--predictions", required=True, help="CSV query_id,reference_id,score.")
   p.add_argument("--workdir", required=True, help="The asl_jax run whose gate to apply.")
   p.add_argument("--queries", help="Folder of the query images.")
@@ -59,41 +58,45 @@ def main(argv=None) -> int:
   p.add_argument("--decision", choices=decisions.DECISIONS, help="Default: the run's (gate.json).")
   p.add_argument("--rescore", type=float, help="Default: the run's (gate.json).")
   p.add_argument("--workers", type=int, default=0, help="Verification threads (0: cores).")
-  args = p.parse_args(argv)
-  try:
-    queries, references = args.queries, args.references
-    if args.dataset:
-      if queries or references:
-        raise UserError("Give either --dataset or --queries and --references, not both.")
-      builder = _prepared(args.dataset, args.data_dir)
-      queries, references = (builder, "queries"), (builder, "references")
-    elif not (queries and references):
-      raise UserError("Give --queries DIR and --references DIR (folders of images), or "
-                      "--dataset NAME (a prepared dataset).")
-    else:
-      for path in (queries, references):
-        if not os.path.isdir(path):
-          raise UserError(f"{path} is not a folder of images.")
-    paths.output_file(args.output, "--output", "the kept predictions")
-    pred = eval_io.read_predictions(args.predictions)
-    gt_rows = eval_io.read_ground_truth(args.ground_truth) if args.ground_truth else None
-    result = gate_apply.apply((pred.query_ids, pred.reference_ids, pred.scores), args.workdir,
-                              queries, references, args.decision, args.rescore, args.workers,
-                              log=lambda m: print(m, file=sys.stderr))
-    eval_io.write_predictions(args.output, result["query_ids"], result["reference_ids"],
-                              result["scores"])
-    report = {k: v for k, v in result.items()
-              if k not in ("query_ids", "reference_ids", "scores")}
-    if gt_rows is not None:
-      report["before"] = metrics.evaluate_predictions(
-          pred.query_ids, pred.reference_ids, pred.scores, gt_rows)
-      report["after"] = metrics.evaluate_predictions(
-          result["query_ids"], result["reference_ids"], result["scores"], gt_rows)
-    print(json.dumps(report, indent=2))
-  except UserError as e:
-    print(f"asl_jax.gate: error: {e}", file=sys.stderr)
-    return 2
-  return 0
+  return p.parse_args(argv)
+
+
+def run(args):
+  """Applies the run's decision to the predictions `args` name; prints the report."""
+  queries, references = args.queries, args.references
+  if args.dataset:
+    if queries or references:
+      raise UserError("Give either --dataset or --queries and --references, not both.")
+    builder = _prepared(args.dataset, args.data_dir)
+    queries, references = (builder, "queries"), (builder, "references")
+  elif not (queries and references):
+    raise UserError("Give --queries DIR and --references DIR (folders of images), or "
+                    "--dataset NAME (a prepared dataset).")
+  else:
+    for path in (queries, references):
+      if not os.path.isdir(path):
+        raise UserError(f"{path} is not a folder of images.")
+  paths.output_file(args.output, "--output", "the kept predictions")
+  pred = eval_io.read_predictions(args.predictions)
+  gt_rows = eval_io.read_ground_truth(args.ground_truth) if args.ground_truth else None
+  result = gate_apply.apply((pred.query_ids, pred.reference_ids, pred.scores), args.workdir,
+                            queries, references, args.decision, args.rescore, args.workers,
+                            log=lambda m: print(m, file=sys.stderr))
+  eval_io.write_predictions(args.output, result["query_ids"], result["reference_ids"],
+                            result["scores"])
+  report = {k: v for k, v in result.items()
+            if k not in ("query_ids", "reference_ids", "scores")}
+  if gt_rows is not None:
+    report["before"] = metrics.evaluate_predictions(
+        pred.query_ids, pred.reference_ids, pred.scores, gt_rows)
+    report["after"] = metrics.evaluate_predictions(
+        result["query_ids"], result["reference_ids"], result["scores"], gt_rows)
+  print(json.dumps(report, indent=2))
+
+
+def main(argv=None) -> int:
+  """Returns the exit status (cli.status)."""
+  return cli.run_command(run, parse, argv)
 
 
 if __name__ == "__main__":

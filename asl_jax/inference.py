@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from asl_jax import checkpointing, data, image_folder, sharding
+from asl_jax import checkpointing, data, image_folder, run_config, sharding
 from asl_jax.errors import UserError
 
 SPLITS = ("queries", "references", "train")
@@ -56,10 +56,9 @@ class Run:
       return (np.zeros((0, self.config.model.descriptor_dim), np.float32),
               np.zeros(0, np.float32))
     state = types.SimpleNamespace(params={"model": self.params}, batch_stats=self.batch_stats)
-    # .get: a config.json from before eval.resize has none ("square" then, as now).
     return embedding.embed_split(self._embed_fn, state, source, self.image_size,
                                  self.config.eval.batch_size, sharding.make_mesh(), name, log,
-                                 resize=self.config.eval.get("resize", "square"))
+                                 resize=self.config.eval.resize)
 
   def embed_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(descriptors, gate norms) of uint8 images [n, S, S, 3] already at the
@@ -72,13 +71,14 @@ class Run:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's config.json, its missing fields filled (run_config.complete)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise UserError(f"{path} does not exist: --workdir must be an asl_jax run "
                     "(`python -m asl_jax.main ... --workdir RUN`) whose evaluation has "
                     "finished; the evaluation writes config.json next to the checkpoints.")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return run_config.complete(json.load(f))
 
 
 def load_run(workdir: str) -> Run:

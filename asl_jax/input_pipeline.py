@@ -56,8 +56,8 @@ def _frozen(value):
 def view_spec(cfg) -> ViewSpec:
   """The ViewSpec of `config.data` (views_per_id, image_size, crop_area,
   train_edits, edit_params, edit_information)."""
-  params = cfg.get("edit_params") or {}
-  information = cfg.get("edit_information") or {}
+  params = cfg.edit_params
+  information = cfg.edit_information
   return ViewSpec(
       cfg.views_per_id, cfg.image_size, tuple(cfg.crop_area),
       tuple(sorted((k, float(v)) for k, v in cfg.train_edits.items())),
@@ -250,7 +250,7 @@ def train_dataset(train_source, pairs_source, cfg, *, seed: int,
         "data.pair_ids_per_batch must be even (two identities per pair), and "
         f"leave room for training images; got {cfg.pair_ids_per_batch} of "
         f"{cfg.ids_per_batch} identities over {process_count} processes.")
-  if cfg.get("views_dir"):
+  if cfg.views_dir:
     if pair_slots:
       raise ValueError("Pre-generated views (data.views_dir) hold training images only; set "
                        "data.pair_ids_per_batch=0.")
@@ -261,7 +261,7 @@ def train_dataset(train_source, pairs_source, cfg, *, seed: int,
     return _to_iter(ds.batch(local_ids, drop_remainder=True), cfg)
   spec = view_spec(cfg)
   # data.paste_backgrounds is checked with the rest of the config (train.py).
-  paste = cfg.get("paste_backgrounds", "train")
+  paste = cfg.paste_backgrounds
   backgrounds = Backgrounds(train_source) if paste == "train" else None
   ds = grain.MapDataset.source(train_source).map_with_index(AddLabel(len(train_source)))
   ds = epoch_batches(ds[process_index::process_count], local_ids - pair_slots, seed=seed)
@@ -282,7 +282,7 @@ def train_dataset(train_source, pairs_source, cfg, *, seed: int,
 def _to_iter(ds: grain.MapDataset, cfg) -> grain.IterDataset:
   it = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=cfg.num_threads, prefetch_buffer_size=max(4, cfg.num_threads)))
-  if workers := worker_processes(cfg):
+  if workers := worker_processes(cfg.num_workers):
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=workers, per_worker_buffer_size=2))
   return it

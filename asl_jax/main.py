@@ -12,6 +12,11 @@ import sys
 from absl import flags, logging
 
 from asl_jax import cli
+from asl_jax.errors import UserError
+
+INTERRUPTED = ("asl_jax: interrupted (Ctrl-C) before a step could be checkpointed; the "
+               "checkpoints already written are kept, and rerunning the same command resumes "
+               "from the latest.")
 
 _CONFIG = cli.define_config_flag()
 flags.declare_key_flag("config")  # Listed by --help with this module's flags.
@@ -26,7 +31,6 @@ def main(argv):
   del argv
   import jax
   from asl_jax import train
-  from asl_jax.errors import UserError
   logging.set_verbosity(logging.WARNING)
   if _MULTIHOST.value:
     cli.initialize_multihost()
@@ -36,31 +40,25 @@ def main(argv):
           flush=True)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except UserError as e:
-    cli.fail(str(e))
   except jax.errors.JaxRuntimeError as e:
     if "out of memory" not in str(e).lower() and "RESOURCE_EXHAUSTED" not in str(e):
       raise
     size = re.search(r"allocating (\d+) bytes", str(e))
     amount = f" allocating {int(size.group(1)) / 1e9:.1f} GB" if size else ""
-    cli.fail(f"The device ran out of memory{amount} ({jax.devices()[0].device_kind}). "
-          "Lower the batch "
-          "(--config.data.ids_per_batch, data.views_per_id), the input size "
-          "(--config.data.image_size) or the model (--config.model.variant), use "
-          "--config.model.dtype=bfloat16 on accelerators, or spread the batch over more "
-          "devices. Checkpoints already written are kept.")
+    raise UserError(
+        f"The device ran out of memory{amount} ({jax.devices()[0].device_kind}). Lower the "
+        "batch (--config.data.ids_per_batch, data.views_per_id), the input size "
+        "(--config.data.image_size) or the model (--config.model.variant), use "
+        "--config.model.dtype=bfloat16 on accelerators, or spread the batch over more "
+        "devices. Checkpoints already written are kept.") from None
   except train.Preempted as e:
     print(str(e), file=sys.stderr, flush=True)
     sys.exit(128 + e.signum)  # As if the signal had ended the process (143, 130).
-  except KeyboardInterrupt:
-    print("asl_jax: interrupted (Ctrl-C) before a step could be checkpointed; the "
-          "checkpoints already written are kept, and rerunning the same command resumes "
-          "from the latest.", file=sys.stderr, flush=True)
-    sys.exit(130)
 
 
 def run():
-  cli.run_config_command(main)
+  """Bad input, the device's memory and Ctrl-C end as `cli.status` says."""
+  cli.run_config_command(main, interrupted=INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ def needed_outputs(cfg) -> tuple[str, ...]:
     keys.add("projected")
   if cfg.triplet > 0:
     keys.add(cfg.triplet_feature)
-  if cfg.info_nce > 0 or cfg.koleo > 0 or cfg.get("rs_at_k", 0) > 0:
+  if cfg.info_nce > 0 or cfg.koleo > 0 or cfg.rs_at_k > 0:
     keys.add("descriptor")
   return tuple(sorted(keys))
 
@@ -71,7 +71,7 @@ def loss_from_outputs(outputs, classifier_params, batch, rng, *, classifier, cfg
     terms["info_nce"] = losses.info_nce_loss(outputs["descriptor"], labels, cfg.temperature)
   if cfg.koleo > 0:
     terms["koleo"] = losses.koleo_loss(outputs["descriptor"], labels)
-  if cfg.get("rs_at_k", 0) > 0:
+  if cfg.rs_at_k > 0:
     terms["rs_at_k"], extra = recall_surrogate.rs_term(
         outputs["descriptor"], batch["label"], k, cfg, jax.random.fold_in(rng, 0x5171))
   if cfg.norm_ratio > 0:

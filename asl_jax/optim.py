@@ -16,7 +16,7 @@ def make_optimizer(cfg, total_steps: int):
   """Adam(W) with linear warmup, then a cosine decay (optim.schedule=cosine)
   or steps (optim.schedule=steps: x optim.decay at each of optim.milestones,
   fractions of the run, as the RS@k paper's schedule), from `config.optim`."""
-  if cfg.get("schedule", "cosine") == "steps":
+  if cfg.schedule == "steps":
     boundaries = {int(round(f * total_steps)): cfg.decay for f in cfg.milestones}
     schedule = optax.join_schedules(
         [optax.linear_schedule(cfg.learning_rate * cfg.warmup_init_factor, cfg.learning_rate,
@@ -44,7 +44,7 @@ def make_optimizer(cfg, total_steps: int):
   if cfg.lr_mults:
     parts.append(scale_by_path(cfg.lr_mults))
   tx = optax.chain(*parts)
-  if cfg.get("trainable", ""):
+  if cfg.trainable:
     # The other leaves get no update at all (no weight decay either).
     tx = optax.multi_transform(
         {True: tx, False: optax.set_to_zero()},

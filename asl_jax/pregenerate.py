@@ -28,7 +28,6 @@ import json
 import math
 import multiprocessing
 import os
-import sys
 import time
 
 import numpy as np
@@ -102,11 +101,11 @@ def generate(config, out_dir: str, *, views: int = 20, seed: int = 0, quality: i
   todo = [s for s in range(i, count, n)
           if not os.path.exists(os.path.join(out_dir, shard_name(s, count)))]
   spec = dataclasses.replace(input_pipeline.view_spec(cfg), num_views=views)
-  paste = cfg.get("paste_backgrounds", "train")
+  paste = cfg.paste_backgrounds
   backgrounds = input_pipeline.Backgrounds(source) if paste == "train" else None
   task = functools.partial(_write_shard, source=source, spec=spec, backgrounds=backgrounds,
                            seed=seed, quality=quality, out_dir=out_dir, count=count)
-  procs = input_pipeline.worker_processes({"num_workers": workers})
+  procs = input_pipeline.worker_processes(workers)
   log(f"{len(source)} identities x {views} views of {cfg.image_size} px into {out_dir}: "
       f"{len(todo)} of {count} shards to write (part {i}/{n}), {procs or 1} process(es).")
   t0, done = time.perf_counter(), 0
@@ -145,10 +144,11 @@ def _check_or_write_meta(out_dir: str, meta: dict):
 
 # ---------------------------------------------------------------------- CLI --
 def _cli():
-  from absl import app, flags  # noqa: PLC0415
+  from absl import flags  # noqa: PLC0415
 
   from asl_jax import cli  # noqa: PLC0415
   config = cli.define_config_flag()  # --config, checked as main checks it.
+  flags.declare_key_flag("config")
   out = flags.DEFINE_string("out", None, "Directory for views.json and the shards.")
   views = flags.DEFINE_integer("views", 20, "Views per identity (BoT: 20, view 0 the original).")
   seed = flags.DEFINE_integer("seed", 0, "The views of identity i depend only on (seed, i).")
@@ -156,25 +156,17 @@ def _cli():
   shards = flags.DEFINE_integer("shards", 0, "ArrayRecord files (0: one per 1,000 identities).")
   workers = flags.DEFINE_integer("workers", -1, "Processes (-1: one per core, 0: this one).")
   part = flags.DEFINE_string("part", "0/1", "i/n: write shards i, i+n, ... (one of n hosts).")
-  flags.mark_flags_as_required(["config", "out"])
 
   def main(argv):
     del argv
     try:
-      try:
-        i, n = (int(x) for x in part.value.split("/"))
-      except ValueError:
-        raise UserError(f"--part={part.value!r}: give i/n, e.g. 0/4.") from None
-      generate(config.value, out.value, views=views.value, seed=seed.value,
-               quality=quality.value, shards=shards.value, workers=workers.value, part=(i, n))
-    except UserError as e:
-      print(f"asl_jax.pregenerate: error: {e}", file=sys.stderr)
-      sys.exit(2)
+      i, n = (int(x) for x in part.value.split("/"))
+    except ValueError:
+      raise UserError(f"--part={part.value!r}: give i/n, e.g. 0/4.") from None
+    generate(config.value, out.value, views=views.value, seed=seed.value,
+             quality=quality.value, shards=shards.value, workers=workers.value, part=(i, n))
 
-  flags.declare_key_flag("config")
-  cli.help_exits_zero(sys.argv[1:])
-  cli.check_overrides(sys.argv[1:])
-  app.run(main)
+  cli.run_config_command(main, required=("config", "out"))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ FILE = "config.json"
 # lies, how often to log and checkpoint, how many reader threads.
 LOGISTICS = ("data.data_dir", "data.manual_dir", "data.num_threads", "data.prepare_workers",
              "train.log_every", "train.checkpoint_every", "train.keep_checkpoints")
+# Values that are maps a recipe chooses whole (edit -> probability, ...), not sections:
+# `complete` keeps a saved one as it is rather than adding the demo's keys.
+MAPS = ("data.train_edits", "data.edit_params", "data.edit_information")
 # Read only by a fresh run; a resume restores the weights instead, so the saved
 # value (where the checkpoint's weights came from) stays in config.json.
 FRESH_ONLY = ("model.init_from", "model.init_strict")
@@ -56,6 +59,27 @@ def differences(saved: dict, current: dict) -> dict[str, list[str]]:
     if a[field] != b[field]:
       out[_side(field)].append(f"{field}: {a[field]!r} in the run, {b[field]!r} now")
   return out
+
+
+def complete(saved: dict):
+  """A saved config (config.json) as a ConfigDict holding every field the code
+  reads: those it lacks (a run from before they existed) come from the
+  recipes' defaults (configs/common.py, the demo's values). The one place
+  where a config from another version is filled in."""
+  import ml_collections
+
+  from configs import common
+
+  def fill(defaults: dict, given: dict, prefix: str) -> dict:
+    out = dict(given)
+    for key, value in defaults.items():
+      if key not in given:
+        out[key] = value
+      elif (isinstance(value, dict) and isinstance(given[key], dict)
+            and prefix + key not in MAPS):
+        out[key] = fill(value, given[key], f"{prefix}{key}.")
+    return out
+  return ml_collections.ConfigDict(fill(as_dict(common.demo()), saved, ""))
 
 
 def as_dict(config) -> dict:

@@ -37,10 +37,10 @@ def log(msg: str):
 def make_update_fn(model, classifier, tx, schedule, config, mesh, state):
   """The jitted `update(state, batch, rng) -> (state, metrics)`: one update
   per batch, in one pass or (train.num_chunks > 1) two."""
-  num_chunks = config.train.get("num_chunks", 1)
-  pattern = config.optim.get("trainable", "")
+  num_chunks = config.train.num_chunks
+  pattern = config.optim.trainable
   trainable = trainable_mask(state.params, pattern) if pattern else None
-  frozen_bn = config.train.get("batch_norm", "batch") == "frozen"
+  frozen_bn = config.train.batch_norm == "frozen"
   common = dict(model=model, classifier=classifier, cfg=config.loss, mesh=mesh,
                 frozen_bn=frozen_bn)
   if num_chunks > 1:
@@ -99,8 +99,14 @@ def _training_sources(config, builder):
 
 
 def train(config, workdir: str, builder=None):
-  """Trains (or resumes) in `workdir`; returns (model, state, builder)."""
+  """Checks the config, then trains (or resumes) in `workdir`; returns
+  (model, state, builder)."""
   config_check.validate(config, num_devices=jax.device_count())
+  return _train(config, workdir, builder)
+
+
+def _train(config, workdir: str, builder=None):
+  """`train` once the config is checked (train_and_evaluate checks it first)."""
   os.makedirs(workdir, exist_ok=True)
   builder = builder or data.prepare(config.data, log=log)
   mesh = sharding.make_mesh()
@@ -129,7 +135,7 @@ def train(config, workdir: str, builder=None):
   elif config.model.init_from:
     state = load_pretrained(state, config, workdir, log)
   start = int(start or 0)
-  optim.check_trainable(state.params, config.optim.get("trainable", ""), log)
+  optim.check_trainable(state.params, config.optim.trainable, log)
   optim.check_lr_mults(state.params, config.optim.lr_mults, log)
   update = make_update_fn(model, classifier, tx, schedule, config, mesh, state)
   step_rng = jax.random.fold_in(rng, 1)
@@ -228,6 +234,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if config.train.total_steps == 0:
     model, state = pretrained_state(config, workdir, log)
   else:
-    model, state, builder = train(config, workdir, builder=builder)
+    model, state, builder = _train(config, workdir, builder=builder)
   return icd.evaluate_model(model, state, eval_builder, config, workdir, log=log,
                             background_builder=builder)

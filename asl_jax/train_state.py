@@ -33,7 +33,7 @@ def build_modules(config, num_classes: int, num_devices: int | None = None):
   classifier = None
   if config.loss.classification > 0:
     n = num_devices or jax.device_count()
-    padded = -(-num_classes // n) * n if config.model.get("shard_classifier") else 0
+    padded = -(-num_classes // n) * n if config.model.shard_classifier else 0
     classifier = resnet.Classifier(
         num_classes, cosine_scale=config.loss.cosine_scale or None,
         dtype=jnp.dtype(config.model.dtype), padded_classes=padded)

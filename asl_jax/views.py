@@ -54,15 +54,15 @@ def shard_name(index: int, count: int) -> str:
 def settings(cfg, num_identities: int, views: int, seed: int, quality: int,
              shards: int) -> dict:
   """What the views depend on; stored in views.json and compared on reuse."""
-  params = cfg.get("edit_params") or {}
+  params = cfg.edit_params
   return {
-      "format": FORMAT, "dataset": cfg.name, "train_every": cfg.get("train_every", 1),
+      "format": FORMAT, "dataset": cfg.name, "train_every": cfg.train_every,
       "identities": num_identities, "views": views, "image_size": cfg.image_size,
       "seed": seed, "jpeg_quality": quality, "shards": shards,
       "crop_area": list(cfg.crop_area),
       "train_edits": {k: float(v) for k, v in sorted(cfg.train_edits.items())},
       "edit_params": json.loads(json.dumps({k: dict(v) for k, v in params.items()})),
-      "paste_backgrounds": cfg.get("paste_backgrounds", "train")}
+      "paste_backgrounds": cfg.paste_backgrounds}
 
 
 # ------------------------------------------------------------------ reading --

@@ -103,14 +103,14 @@ def main(argv):
   d = config.data
   print(f"{config.data.name}: {len(train_src)} training images; batch {d.ids_per_batch} ids x "
         f"{d.views_per_id} views of {d.image_size} px; {os.cpu_count()} CPU cores")
-  if d.get("views_dir"):
+  if d.views_dir:
     print(f"Views read from {d.views_dir} (python -m asl_jax.pregenerate); the edit table is "
           "the cost of making them, the views/s table that of reading them.")
   edit_table(config, train_src)
   print(f"\n{'workers':>7s} {'threads':>7s} {'views/s':>8s} {'per process':>11s}")
   for w in (int(x) for x in _WORKERS.value):
     rate = pipeline_rate(config, train_src, pairs_src, w)
-    w = input_pipeline.worker_processes(config.data)
+    w = input_pipeline.worker_processes(config.data.num_workers)
     print(f"{w:>7d} {d.num_threads:>7d} {rate:>8.0f} {rate / max(1, w):>11.0f}", flush=True)
 
 

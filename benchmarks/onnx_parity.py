@@ -64,7 +64,7 @@ def main(argv):
   with open(os.path.join(_WORKDIR.value, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
   size = embedding.embedding_size(config)
-  resize = config.eval.get("resize", "square")
+  resize = config.eval.resize
   builder = data.prepare(config.data, log=lambda _: None)
   options = ort.SessionOptions()
   options.log_severity_level = 3

@@ -32,21 +32,12 @@ evaluates with SSCD score normalisation (the photo set's background pool is
 too small for it; README).
 """
 
-import importlib.util
-import os
-
 import ml_collections
+
+from configs import common
 
 DEFAULT = "sym_asl"
 DESIGNS = {"sym": "symmetric", "asym": "asymmetric"}
-
-
-def _asl_config(arg):
-  spec = importlib.util.spec_from_file_location(
-      "asl_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "asl.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def _parse(arg: str):
@@ -65,7 +56,11 @@ def _parse(arg: str):
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data, design, asl = _parse(arg)
-  c = _asl_config({"demo": None, "ndec": "ndec", "photos": "photos"}[data])
+  c = common.demo()
+  if data == "ndec":
+    common.paper_recipe(c, asl=True)
+  elif data == "photos":
+    common.photos_recipe(c)
   # λ: RS@k lies in [0, 1], about a tenth of the demo's InfoNCE, and λ = 10 (the
   # ASL demo's) let the norm-ratio loss drown it (README); λ = 1 keeps the
   # demo's balance. The real-data recipe keeps the paper's λ = 1.

@@ -294,10 +294,10 @@ def test_faiss_imports_without_loader_noise():
 def test_embed_export_find_end_ctrl_c_and_errors_in_one_line(raised, status, line):
   """The commands' shared entry (cli.run_json_command): Ctrl-C is one line and
   status 130, a UserError one paragraph and status 2, never a traceback."""
-  code = ("from asl_jax import cli; from asl_jax.errors import UserError\n"
+  code = ("import sys; from asl_jax import cli; from asl_jax.errors import UserError\n"
           "def run(args, log):\n"
           f"  raise {raised}\n"
-          "cli.run_json_command(run, None)")
+          "sys.exit(cli.run_json_command(run, lambda argv: None))")
   r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                      timeout=120)
   assert r.returncode == status and r.stderr.strip() == line, r.stderr

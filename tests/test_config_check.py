@@ -134,3 +134,34 @@ def test_main_prints_one_paragraph_and_exits_2(tmp_path):
   assert r.returncode == 2
   assert "Traceback" not in r.stderr
   assert "asl_jax: error: --config.model.variant='r999' is not allowed" in r.stderr
+
+
+def test_recipe_files_load_by_absolute_path_from_another_directory(tmp_path):
+  """configs/recall_surrogate.py imports configs.common (the package installed
+  with asl_jax): ml_collections loads the file by path, from anywhere."""
+  r = subprocess.run([sys.executable, "-m", "asl_jax.main", "--config",
+                      os.path.join(ROOT, "configs", "recall_surrogate.py") + ":asym",
+                      "--config.model.variant=r999", f"--workdir={tmp_path / 'run'}"],
+                     cwd=tmp_path, capture_output=True, text=True,
+                     env=dict(os.environ, PYTHONPATH=ROOT))
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert "asl_jax: error: --config.model.variant='r999' is not allowed" in r.stderr
+
+
+def test_an_older_config_json_is_completed_from_the_recipes_defaults(tmp_path):
+  """run_config.complete (what inference.read_config loads a run with): fields a
+  saved config lacks come from configs/common.py; saved values, and the edit
+  maps a recipe chose whole, stay as saved."""
+  import json
+
+  from asl_jax import inference, run_config
+  saved = run_config.as_dict(load_config("ndec"))
+  del saved["eval"]["resize"], saved["model"]["small_conv"], saved["eval"]["verify"]
+  saved["model"]["width"] = 7
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  c = inference.read_config(str(tmp_path))
+  assert c.eval.resize == "square" and c.model.small_conv == "auto"
+  assert c.eval.verify.to_dict() == load_config().eval.verify.to_dict()
+  assert c.model.width == 7 and c.data.image_size == 256
+  assert dict(c.data.train_edits) == dict(load_config("ndec").data.train_edits)
+  assert "resize" not in c.data.train_edits  # The demo's edit list is not mixed in.

@@ -17,7 +17,7 @@ from conftest import ROOT
 
 
 def _embed(capsys, *argv):
-  embed.main(list(argv))
+  assert embed.main(list(argv)) == 0
   return json.loads(capsys.readouterr().out)
 
 
@@ -134,14 +134,11 @@ def test_bad_arguments_fail_before_any_work(tiny_run, tmp_path, capsys):
       (["--images", str(tmp_path / "none"), "--out", str(tmp_path / "a.h5")], "not a folder"),
   ]
   for argv, message in cases:
-    with pytest.raises(SystemExit) as e:
-      embed.main(["--workdir", workdir, *argv])
-    assert e.value.code == 2
+    assert embed.main(["--workdir", workdir, *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, (argv, err)
   assert existing.read_bytes() == b"keep me"
-  with pytest.raises(SystemExit):
-    embed.main(["--workdir", str(tmp_path), "--images", str(tmp_path),
-                "--out", str(tmp_path / "a.h5")])
+  assert embed.main(["--workdir", str(tmp_path), "--images", str(tmp_path),
+                     "--out", str(tmp_path / "a.h5")]) == 2
   assert "config.json does not exist" in capsys.readouterr().err
   assert not (tmp_path / "a.h5").exists()

@@ -77,8 +77,8 @@ def test_finds_the_copies_and_their_directions(tiny_run, tmp_path, capsys):
   expected = _library(root)
   # The tiny run's descriptors are barely trained: every pair is a candidate
   # here, and the verification alone must pick the copies out.
-  find.main(["--workdir", tiny_run[0], "--images", root, "--out", out, "--threshold", "-1",
-             "--k", "8", "--workers", "1"])
+  assert find.main(["--workdir", tiny_run[0], "--images", root, "--out", out, "--threshold",
+                    "-1", "--k", "8", "--workers", "1"]) == 0
   summary = json.loads(capsys.readouterr().out)
   assert summary["images"] == 9 and summary["candidates"] == 36
   rows = _rows(os.path.join(out, "pairs.csv"))
@@ -142,7 +142,7 @@ def test_outputs_are_checked_before_any_work(tiny_run, tmp_path, capsys):
   (tmp_path / "file").write_text("x")
   for out, message in ((tmp_path / "out", "already holds pairs.csv"),
                        (tmp_path / "file", "is a file")):
-    with pytest.raises(SystemExit) as e:
-      find.main(["--workdir", tiny_run[0], "--images", str(tmp_path), "--out", str(out)])
-    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert find.main(["--workdir", tiny_run[0], "--images", str(tmp_path), "--out",
+                      str(out)]) == 2
+    assert message in capsys.readouterr().err
   assert (tmp_path / "out" / "pairs.csv").read_text() == "earlier results"

@@ -139,7 +139,7 @@ def test_worker_processes_give_the_same_batches_and_restore(tiny_builder, data_d
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
   cfg.num_workers = -1
-  assert input_pipeline.worker_processes(cfg) == len(os.sched_getaffinity(0))
+  assert input_pipeline.worker_processes(cfg.num_workers) == len(os.sched_getaffinity(0))
 
 
 def _records(n: int) -> list[dict]:

@@ -12,7 +12,6 @@ import zipfile
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -31,11 +30,13 @@ MEAN, STD = onnx_import.IMAGENET_MEAN, onnx_import.IMAGENET_STD
 
 
 def model_cfg(variant, **kw):
-  cfg = dict(variant=variant, width=64, last_stride=2, projector_dims=(8, 8),
+  """The recipes' model fields, with an ONNX file's trunk and head."""
+  cfg = load_config().model
+  cfg.update(variant=variant, width=64, last_stride=2, projector_dims=(8, 8),
              descriptor_dim=512, gate_feature="pooled", head="sscd", dtype="float32",
              bn_groups=1)
   cfg.update(kw)
-  return ml_collections.ConfigDict(cfg)
+  return cfg
 
 
 # ------------------------------------------------------------ a tiny graph --

@@ -60,6 +60,6 @@ def test_readme_main_commands_name_real_configs_and_fields(argv):
   cwd = os.getcwd()
   os.chdir(ROOT)
   try:
-    cli.check_overrides(args)  # Exits with status 2 on an unknown variant or field.
+    cli.check_overrides(args)  # A UserError on an unknown variant or field.
   finally:
     os.chdir(cwd)

@@ -9,14 +9,15 @@ photos' (about 60-90 kB at 640x480, quality 90), not like flat test patterns.
       --width 640 --height 480 --sharded
 """
 
-import argparse
 import dataclasses
 import os
 import shutil
+import sys
 
 import numpy as np
 from PIL import Image
 
+from asl_jax import cli
 from tfds_ndec import manual
 
 
@@ -150,8 +151,8 @@ def write_once(root: str, layout: FakeLayout, workers: int = 1) -> bool:
   return True
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse(argv=None):
+  parser = cli.parser("python -m tfds_ndec.fake_layout", __doc__)
   parser.add_argument("root")
   for f in dataclasses.fields(FakeLayout):
     flag = "--" + f.name
@@ -160,11 +161,21 @@ def main(argv=None):
     else:
       parser.add_argument(flag, type=type(f.default), default=f.default)
   parser.add_argument("--workers", type=int, default=os.cpu_count())
-  args = vars(parser.parse_args(argv))
+  return parser.parse_args(argv)
+
+
+def run(args):
+  """Writes the fake directory `args` describe."""
+  args = dict(vars(args))
   root, workers = args.pop("root"), args.pop("workers")
   write(root, FakeLayout(**args), workers)
   print(f"Wrote a fake NDEC/DISC21 manual directory to {root}")
 
 
+def main(argv=None) -> int:
+  """Returns the exit status (asl_jax.cli.status)."""
+  return cli.run_command(run, parse, argv)
+
+
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -16,12 +16,15 @@ import re
 
 from PIL import Image, ImageFile
 
+from asl_jax.errors import UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _SHOW = 5  # Offending rows/paths quoted in an error message.
 
 
-class NdecInputError(ValueError):
-  """The manual directory or a file in it is not what the builder expects."""
+class NdecInputError(UserError, ValueError):
+  """The manual directory or a file in it is not what the builder expects
+  (a UserError: a command shows it as one paragraph)."""
 
 
 class ManualDirError(NdecInputError):

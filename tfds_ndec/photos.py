@@ -26,7 +26,6 @@ format PIL reads are scaled to at most `--max_side`; unreadable files stop the
 run with their path, or are skipped and listed with `--skip_bad_images`.
 """
 
-import argparse
 import csv
 import os
 import sys
@@ -34,7 +33,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from asl_jax import copy_edits
+from asl_jax import cli, copy_edits
 from asl_jax import paths as output_paths
 from asl_jax.errors import UserError
 from tfds_ndec import manual, synthetic
@@ -241,8 +240,8 @@ def _write(out_dir, train, refs, queries, rng):
       k.writerow([qid, kind, rid, detail, f"{amount:.4f}", source])
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse(argv=None):
+  p = cli.parser("python -m tfds_ndec.photos", __doc__)
   p.add_argument("--photos", required=True, help="Folder of photos (searched recursively).")
   p.add_argument("--out", required=True, help="New folder for the benchmark.")
   p.add_argument("--seed", type=int, default=0)
@@ -251,22 +250,26 @@ def main(argv=None) -> int:
   p.add_argument("--min_photos", type=int, default=20)
   p.add_argument("--skip_bad_images", action="store_true",
                  help="Leave unreadable files out (listed) instead of stopping.")
-  args = p.parse_args(argv)
-  try:
-    if not 0 < args.train_fraction < 1:
-      raise manual.NdecInputError(f"--train_fraction={args.train_fraction}: give a share "
-                                  "between 0 and 1 (0.4 by default).")
-    if args.max_side < MIN_SIDE:
-      raise manual.NdecInputError(f"--max_side={args.max_side}: give at least {MIN_SIDE}.")
-    result = generate(args.photos, args.out, seed=args.seed, max_side=args.max_side,
-                      train_fraction=args.train_fraction, min_photos=args.min_photos,
-                      skip_bad_images=args.skip_bad_images)
-  except manual.NdecInputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  return p.parse_args(argv)
+
+
+def run(args):
+  """Checks the flags, writes the set and lists the files it skipped."""
+  if not 0 < args.train_fraction < 1:
+    raise manual.NdecInputError(f"--train_fraction={args.train_fraction}: give a share "
+                                "between 0 and 1 (0.4 by default).")
+  if args.max_side < MIN_SIDE:
+    raise manual.NdecInputError(f"--max_side={args.max_side}: give at least {MIN_SIDE}.")
+  result = generate(args.photos, args.out, seed=args.seed, max_side=args.max_side,
+                    train_fraction=args.train_fraction, min_photos=args.min_photos,
+                    skip_bad_images=args.skip_bad_images)
   for path in result["skipped"]:
     print(f"skipped (unreadable): {path}", file=sys.stderr)
-  return 0
+
+
+def main(argv=None) -> int:
+  """Returns the exit status (asl_jax.cli.status: bad input is one paragraph and 2)."""
+  return cli.run_command(run, parse, argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ A re-run after an interruption reuses the shards already written. Bad input
 message that names the files and says what to do, and exit status 2.
 """
 
-import argparse
 import os
 import sys
 import time
@@ -19,7 +18,7 @@ import time
 import tensorflow_datasets as tfds
 
 import tfds_ndec
-from tfds_ndec import manual
+from asl_jax import cli
 
 
 def _peak_rss_mb() -> tuple[float, float]:
@@ -30,8 +29,8 @@ def _peak_rss_mb() -> tuple[float, float]:
   return own / 1024, children / 1024
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse(argv=None):
+  p = cli.parser("python -m tfds_ndec.prepare", __doc__)
   p.add_argument("source", choices=["full", "disc21_dev", "folder"])
   p.add_argument("--name", default="",
                  help="folder: the set's name (default: the folder's own name).")
@@ -51,18 +50,17 @@ def main(argv=None) -> int:
                  help="Prepare on Apache Beam instead of local processes (e.g. DirectRunner).")
   p.add_argument("--beam_options", default="",
                  help="Beam pipeline options, space separated (e.g. '--direct_num_workers=8').")
-  args = p.parse_args(argv)
+  return p.parse_args(argv)
 
-  try:
-    if args.source == "folder":
-      from tfds_ndec import folder
-      config = tfds_ndec.folder_config(folder.set_name(args.manual_dir, args.name),
-                                       args.max_side, args.jpeg_quality)
-    else:
-      config = tfds_ndec.real_config(args.source, args.max_side, args.jpeg_quality)
-  except manual.NdecInputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+
+def run(args):
+  """Prepares the set `args` name and prints what was written."""
+  if args.source == "folder":
+    from tfds_ndec import folder
+    config = tfds_ndec.folder_config(folder.set_name(args.manual_dir, args.name),
+                                     args.max_side, args.jpeg_quality)
+  else:
+    config = tfds_ndec.real_config(args.source, args.max_side, args.jpeg_quality)
   builder = tfds_ndec.Builder(config=config, data_dir=os.path.expanduser(args.data_dir),
                               file_format=args.file_format, num_workers=args.workers,
                               skip_bad_images=args.skip_bad_images,
@@ -76,13 +74,9 @@ def main(argv=None) -> int:
   download_config = tfds.download.DownloadConfig(
       manual_dir=os.path.expanduser(args.manual_dir), **beam)
   t0 = time.time()
-  try:
-    if args.source == "folder" and builder.is_prepared():
-      tfds_ndec.check_folder_origin(builder, args.manual_dir)
-    builder.download_and_prepare(download_config=download_config)
-  except manual.NdecInputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  if args.source == "folder" and builder.is_prepared():
+    tfds_ndec.check_folder_origin(builder, args.manual_dir)
+  builder.download_and_prepare(download_config=download_config)
   seconds = time.time() - t0
   n = sum(s.num_examples for s in builder.info.splits.values())
   parent, worker = _peak_rss_mb()
@@ -90,7 +84,12 @@ def main(argv=None) -> int:
       f"{s}={builder.info.splits[s].num_examples}" for s in builder.info.splits)
         + f" ({n} examples, {seconds:.0f} s, peak RSS {parent:.0f} MB, largest "
         f"worker {worker:.0f} MB)")
-  return 0
+
+
+def main(argv=None) -> int:
+  """Returns the exit status (asl_jax.cli.status: bad input, an NdecInputError, is one
+  paragraph and 2)."""
+  return cli.run_command(run, parse, argv)
 
 
 if __name__ == "__main__":

@@ -95,21 +95,17 @@ def check_counts_and_output(o: Options, json_path: str):
 
 def main(argv):
   del argv
-  from asl_jax.errors import UserError
-  try:
-    request = Request(_ONLY.value, _COMPARE.value, _SEARCH.value)
-    options = Options(**{name: flag.value for name, flag in _OPTIONS.items()},
-                      config_name=flags.FLAGS["config"].config_filename,
-                      overrides=[a for a in sys.argv[1:] if a.startswith("--config.")])
-    check_counts_and_output(options, _JSON.value)
-    import jax
-    if _MULTIHOST.value:
-      cli.initialize_multihost()
-    result = run(_CONFIG.value, request, options,
-                 log=lambda m: print(m, file=sys.stderr, flush=True)
-                 if jax.process_index() == 0 else None)
-  except UserError as e:
-    cli.fail(str(e))
+  request = Request(_ONLY.value, _COMPARE.value, _SEARCH.value)
+  options = Options(**{name: flag.value for name, flag in _OPTIONS.items()},
+                    config_name=flags.FLAGS["config"].config_filename,
+                    overrides=[a for a in sys.argv[1:] if a.startswith("--config.")])
+  check_counts_and_output(options, _JSON.value)
+  import jax
+  if _MULTIHOST.value:
+    cli.initialize_multihost()
+  result = run(_CONFIG.value, request, options,
+               log=lambda m: print(m, file=sys.stderr, flush=True)
+               if jax.process_index() == 0 else None)
   if jax.process_index() == 0:
     print(harness.format_table(result), flush=True)
     if _JSON.value:
@@ -117,7 +113,7 @@ def main(argv):
 
 
 def run_cli():
-  """Parses the command line (usage errors exit 2, --help exits 0) and runs `main`."""
+  """Parses the command line and runs `main`; it ends as `cli.status` says."""
   cli.run_config_command(main)
 
 

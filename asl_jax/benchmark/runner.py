@@ -82,7 +82,7 @@ def _header(config, options: Options, peak) -> dict:
       "ids_per_batch": config.data.ids_per_batch, "views_per_id": config.data.views_per_id,
       "image_size": config.data.image_size, "dtype": config.model.dtype,
       "model": config.model.variant, "num_classes": classes,
-      "num_chunks": config.train.get("num_chunks", 1),
+      "num_chunks": config.train.num_chunks,
       "peak_tflops_per_device": peak, "steps": options.steps, "warmup": options.warmup,
       "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": []}
 

@@ -155,7 +155,7 @@ class CopyDetector(nn.Module):
     super().__init__()
     kind, stages, stem = STAGES[cfg.variant]
     block = Basic if kind == "basic" else Bottleneck
-    norm = make_norm(cfg.get("bn_groups", 1))
+    norm = make_norm(cfg.bn_groups)
     w = cfg.width
     if stem == "imagenet":
       self.conv1 = nn.Conv2d(3, w, 7, 2, 3, bias=False)
@@ -172,8 +172,8 @@ class CopyDetector(nn.Module):
         blocks.append(block(cin, w * 2 ** i, stride if j == 0 else 1, norm))
         cin = w * 2 ** i * block.expansion
       setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-    self.wave = (nn.ModuleList([WaveBlock(cfg.get("wave_chunk", 32)) for _ in range(2)])
-                 if cfg.get("wave_block", False) else None)
+    self.wave = (nn.ModuleList([WaveBlock(cfg.wave_chunk) for _ in range(2)])
+                 if cfg.wave_block else None)
     self.gem_p = nn.Parameter(torch.tensor(3.0))
     h, o = cfg.projector_dims
     self.proj_fc1, self.proj_bn1 = nn.Linear(cin, h), norm(h, 1)

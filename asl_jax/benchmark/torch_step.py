@@ -143,11 +143,11 @@ def total_loss(out, logits, labels, amounts, cfg):
     total = total + cfg.info_nce * info_nce(out["descriptor"], rows, cfg.temperature)
   if cfg.koleo > 0:
     total = total + cfg.koleo * koleo(out["descriptor"], rows)
-  if cfg.get("rs_at_k", 0) > 0:
+  if cfg.rs_at_k > 0:
     total = total + cfg.rs_at_k * rs_at_k(out["descriptor"], amounts.shape[0], k, cfg)
   if cfg.norm_ratio > 0:
     total = total + cfg.norm_ratio * norm_ratio(out["gate_feature"], amounts,
-                                                cfg.get("norm_ratio_pairing", "all"))
+                                                cfg.norm_ratio_pairing)
   return total
 
 

@@ -128,7 +128,8 @@ def time_input(config, train_src, pairs, batches: int):
   full (the reader's prefetch, one batch per thread, and the workers')."""
   from asl_jax import input_pipeline
   it = input_iterator(config, train_src, pairs)
-  warm = max(4, config.data.num_threads) + 2 * input_pipeline.worker_processes(config.data) + 2
+  workers = input_pipeline.worker_processes(config.data.num_workers)
+  warm = max(4, config.data.num_threads) + 2 * workers + 2
   for _ in range(warm):
     next(it)
   seconds = time_each(lambda: next(it), batches, lambda _: None)
@@ -149,8 +150,8 @@ def bench_input(config, builder, workers_list, batches):
     c.data.num_workers = w
     seconds = time_input(c, train_src, pairs, batches)
     rows.append({"workload": "input", "framework": "grain",
-                 "source": "pre-generated views" if c.data.get("views_dir") else "online edits",
-                 "workers": input_pipeline.worker_processes(c.data),
+                 "source": "pre-generated views" if c.data.views_dir else "online edits",
+                 "workers": input_pipeline.worker_processes(c.data.num_workers),
                  "threads": c.data.num_threads, "batch": views // jax.process_count(),
                  "images_per_s": views // jax.process_count() * batches / sum(seconds),
                  **percentiles(seconds)})
@@ -178,7 +179,7 @@ def bench_e2e(config, builder, trained, steps, warmup, in_memory_rate):
     it.close()
   images = config.data.ids_per_batch * config.data.views_per_id
   row = {"workload": "e2e", "framework": "asl_jax", "batch": images,
-         "workers": input_pipeline.worker_processes(config.data),
+         "workers": input_pipeline.worker_processes(config.data.num_workers),
          **rates(images, seconds)}
   if in_memory_rate:
     row["share_of_in_memory"] = row["images_per_s"] / in_memory_rate

@@ -113,7 +113,7 @@ def eval_workers(num_workers: int) -> int:
     return num_workers
   if jax.default_backend() == "cpu":
     return 0
-  return data.worker_processes({"num_workers": -1})
+  return data.worker_processes(-1)
 
 
 def embed_split(embed_fn, state, source, image_size, batch_size, mesh,

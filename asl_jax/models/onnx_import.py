@@ -286,7 +286,7 @@ def load_into(params: dict, batch_stats: dict, graph: Graph, cfg, strict: bool =
     if not ok:
       unused.append(conv.name)
   for name, kernel, bias in graph.gemms:
-    if cfg.get("head", "bot") != "sscd":
+    if cfg.head != "sscd":
       unused.append(f"{name} (a linear head {kernel.shape[0]} -> {kernel.shape[1]}: "
                     "model.head=sscd takes it)")
       continue

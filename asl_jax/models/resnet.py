@@ -220,7 +220,7 @@ def descriptor_head(pooled, *, head, projector_dims, descriptor_dim, gate_featur
 
 def projected_dim(cfg) -> int:
   """The width of the `projected` output (the classifier's input)."""
-  return cfg.descriptor_dim if cfg.get("head", "bot") == "sscd" else cfg.projector_dims[1]
+  return cfg.descriptor_dim if cfg.head == "sscd" else cfg.projector_dims[1]
 
 
 def make_norm(train: bool, bn_groups: int, momentum: float, dtype):
@@ -318,17 +318,17 @@ def build(cfg) -> nn.Module:
   """Builds the model from `config.model`: a CopyDetector, or for
   variant "mnv4s" the MobileNetV4 Conv-S student (models/mobilenetv4.py)."""
   head = dict(projector_dims=tuple(cfg.projector_dims), descriptor_dim=cfg.descriptor_dim,
-              gate_feature=cfg.gate_feature, head=cfg.get("head", "bot"),
-              gate_head_dims=tuple(cfg.get("gate_head_dims", (256, 64))),
-              dtype=jnp.dtype(cfg.dtype), bn_groups=cfg.get("bn_groups", 1))
+              gate_feature=cfg.gate_feature, head=cfg.head,
+              gate_head_dims=tuple(cfg.gate_head_dims),
+              dtype=jnp.dtype(cfg.dtype), bn_groups=cfg.bn_groups)
   if cfg.variant in MOBILENET_VARIANTS:
     from asl_jax.models import mobilenetv4  # It builds on this module's layers.
     return mobilenetv4.MobileNetV4(variant=cfg.variant, **head)
   return CopyDetector(
       variant=cfg.variant, width=cfg.width, last_stride=cfg.last_stride, **head,
-      wave_block=cfg.get("wave_block", False), wave_chunk=cfg.get("wave_chunk", 32),
-      small_conv_im2col=on_cpu_if_auto(cfg.get("small_conv", "xla"), "im2col"),
-      conv_canonical_grad=on_cpu_if_auto(cfg.get("conv_grad", "xla"), "canonical"))
+      wave_block=cfg.wave_block, wave_chunk=cfg.wave_chunk,
+      small_conv_im2col=on_cpu_if_auto(cfg.small_conv, "im2col"),
+      conv_canonical_grad=on_cpu_if_auto(cfg.conv_grad, "canonical"))
 
 
 def on_cpu_if_auto(setting: str, choice: str) -> bool:
