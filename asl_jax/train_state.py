@@ -82,16 +82,24 @@ def _read_init(config, params, batch_stats):
   """(params, batch_stats, report) with `config.model.init_from` loaded into
   the given host trees: an ONNX copy detector (models/onnx_import.py),
   another run's workdir or checkpoint directory (its params and BatchNorm
-  statistics, read without writing there), or a torchvision/timm file."""
+  statistics, read without writing there), or a torchvision/timm file. The
+  gate's own trunk (model.gate_feature=gate_trunk) starts as a copy of the
+  file's trunk."""
   from asl_jax.models import onnx_import, pretrained
   path = os.path.expanduser(config.model.init_from)
-  if path.endswith(".onnx"):
-    return onnx_import.load_into(params, batch_stats, onnx_import.read_onnx(path),
-                                 config.model, strict=config.model.init_strict)
   if os.path.isdir(path):
     return checkpointing.load_model_from(path, params, batch_stats, config)
-  return pretrained.load_into(params, batch_stats, pretrained.read_state_dict(path),
-                              strict=config.model.init_strict, source=path)
+  if path.endswith(".onnx"):
+    params, batch_stats, report = onnx_import.load_into(
+        params, batch_stats, onnx_import.read_onnx(path), config.model,
+        strict=config.model.init_strict)
+  else:
+    params, batch_stats, report = pretrained.load_into(
+        params, batch_stats, pretrained.read_state_dict(path),
+        strict=config.model.init_strict, source=path)
+  # A file holds one trunk: model.gate_feature=gate_trunk's own starts as its copy.
+  report.seed_gate_trunk(params, batch_stats)
+  return params, batch_stats, report
 
 
 def check_init_from(config):

@@ -151,3 +151,48 @@ def test_sscd_torchvision_layout_fills_trunk_and_head(tmp_path):
   _, _, report = pretrained.load_into(v["params"], v["batch_stats"],
                                       pretrained.read_state_dict(path))
   assert {"fc.weight", "fc.bias"} <= set(report.ignored)
+
+
+def test_gate_trunk_starts_as_the_files_trunk_and_only_the_gate_trains_it(tmp_path):
+  """model.gate_feature=gate_trunk: the gate's own trunk is seeded from the
+  same file as the descriptor's, and the gate's gradient reaches that copy
+  only (the descriptor's trunk and head get none of it)."""
+  from asl_jax import train_state
+  from conftest import load_config
+  width, dims = 16, 32
+  net = random_torch_resnet(Bottleneck, (3, 4, 6, 3), 2, width)
+  net.fc = nn.Linear(width * 8 * 4, dims)
+  path = str(tmp_path / "sscd_disc_mixup.torchvision.pt")
+  torch.save({"backbone." + k: v for k, v in net.state_dict().items()}, path)
+  config = load_config("sscd_photos")
+  config.model.update(variant="r50", width=width, last_stride=2, descriptor_dim=dims,
+                      gate_feature="gate_trunk", gate_head_dims=(8,), init_from=path)
+  model = resnet.build(config.model)
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
+  variables = model.init(jax.random.key(1), images)
+  params, stats, report = train_state._read_init(config, jax.device_get(variables["params"]),
+                                                 jax.device_get(variables["batch_stats"]))
+  prefix = resnet.GATE_TRUNK_PREFIX
+  gate_trunk = sorted(k for k in params if k.startswith(prefix))
+  assert "gate_trunk_layer4_2" in gate_trunk and "gate_trunk_gem" in gate_trunk
+  for key in gate_trunk:
+    for a, b in zip(jax.tree.leaves(params[key]), jax.tree.leaves(params[key[len(prefix):]]),
+                    strict=True):
+      np.testing.assert_array_equal(a, b)
+  for key in [k for k in stats if k.startswith(prefix)]:
+    for a, b in zip(jax.tree.leaves(stats[key]), jax.tree.leaves(stats[key[len(prefix):]]),
+                    strict=True):
+      np.testing.assert_array_equal(a, b)
+  assert {p[0] for p in report.new} == {"gem", "gate_fc1"}
+  assert {p[0] for p in report.seeded} == set(gate_trunk)
+  assert "copied from the trunk's" in report.summary()
+  v = {"params": params, "batch_stats": stats}
+  aux = model.apply(v, images)
+  fc = params["gate_fc1"]
+  np.testing.assert_allclose(aux["gate_feature"], aux["pooled"] @ fc["kernel"] + fc["bias"],
+                             rtol=1e-4, atol=1e-5)
+  grads = jax.grad(lambda p: jnp.sum(jnp.square(model.apply(
+      {"params": p, "batch_stats": stats}, images)["gate_feature"])))(params)
+  size = lambda tree: sum(float(jnp.sum(jnp.abs(x))) for x in jax.tree.leaves(tree))
+  assert all(size(g) == 0 for k, g in grads.items() if not k.startswith("gate_"))
+  assert size(grads["gate_trunk_layer4_2"]) > 0 and size(grads["gate_trunk_conv1"]) > 0

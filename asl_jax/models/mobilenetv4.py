@@ -145,19 +145,27 @@ class MobileNetV4(nn.Module):
   def __call__(self, images, train: bool = False):
     """images: [B, H, W, 3] float in ImageNet-normalised units."""
     norm = resnet.make_norm(train, self.bn_groups, self.bn_momentum, self.dtype)
+    pooled = self._trunk(images, norm, "")
+    gate_pooled = (self._trunk(images, norm, resnet.GATE_TRUNK_PREFIX)
+                   if self.gate_feature == "gate_trunk" else None)
+    return resnet.descriptor_head(pooled, head=self.head, projector_dims=self.projector_dims,
+                                  descriptor_dim=self.descriptor_dim,
+                                  gate_feature=self.gate_feature, norm=norm, dtype=self.dtype,
+                                  gate_head_dims=tuple(self.gate_head_dims),
+                                  gate_pooled=gate_pooled)
+
+  def _trunk(self, images, norm, prefix):
+    """The trunk and GeM (their modules named with `prefix`), called from
+    the compact __call__, so that the layers are this module's."""
     shifts = resnet.on_cpu_if_auto(self.depthwise, "shifts")
     k, s, c = STEM
-    x = ConvBN(c, k, s, norm, dtype=self.dtype, name="conv_stem")(images)
+    x = ConvBN(c, k, s, norm, dtype=self.dtype, name=f"{prefix}conv_stem")(images)
     for i, stage in enumerate(VARIANTS[self.variant]):
       for j, spec in enumerate(stage):
-        name = f"blocks_{i}_{j}"
+        name = f"{prefix}blocks_{i}_{j}"
         if spec[0] == "cn":
           x = ConvBN(spec[3], spec[1], spec[2], norm, dtype=self.dtype, name=name)(x)
         else:
           x = InvertedBottleneck(*spec[1:], norm=norm, dtype=self.dtype, shifts=shifts,
                                  name=name)(x)
-    pooled = resnet.GeM(name="gem")(x)
-    return resnet.descriptor_head(pooled, head=self.head, projector_dims=self.projector_dims,
-                                  descriptor_dim=self.descriptor_dim,
-                                  gate_feature=self.gate_feature, norm=norm, dtype=self.dtype,
-                                  gate_head_dims=tuple(self.gate_head_dims))
+    return resnet.GeM(name=f"{prefix}gem")(x)

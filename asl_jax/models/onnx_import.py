@@ -305,7 +305,10 @@ def load_into(params: dict, batch_stats: dict, graph: Graph, cfg, strict: bool =
   every = [("params", "/".join(p)) for p in pretrained._leaf_paths(params)] + [
       ("batch_stats", "/".join(p)) for p in pretrained._leaf_paths(batch_stats)]
   got = set(loaded)
-  head_leaves = re.compile(r"((proj|desc)_(fc|bn)|gate_fc)\d?/.*")  # Not in SSCD's files.
+  # Not in SSCD's files: the BoT head, the gate head, the gate's own trunk (seeded
+  # from the trunk by train_state).
+  head_leaves = re.compile(r"((proj|desc)_(fc|bn)|gate_fc)\d?/.*|" + resnet.GATE_TRUNK_PREFIX
+                           + ".*")
   missing = [f"{c}/{p}" for c, p in every if p not in got and not head_leaves.fullmatch(p)]
   new = [tuple(p.split("/")) for c, p in every if c == "params" and p not in got]
   report = pretrained.LoadReport(loaded, new, ignored, missing, mismatched, unused)

@@ -195,13 +195,29 @@ class LoadReport:
   missing: list
   mismatched: list
   unused: list
+  seeded: list = dataclasses.field(default_factory=list)  # Copied from another leaf.
 
   def summary(self) -> str:
+    seeded = (f", {len(self.seeded)} leaves of the gate's own trunk copied from the "
+              "trunk's" if self.seeded else "")
     return (f"{len(self.loaded)} tensors loaded, {len(self.new)} model leaves new "
             f"(not in the file: {', '.join(sorted({p[0] for p in self.new})) or '-'}), "
             f"{len(self.ignored)} file tensors ignored ({', '.join(self.ignored[:4])}"
             f"{'...' if len(self.ignored) > 4 else ''}), {len(self.missing)} missing, "
-            f"{len(self.mismatched)} mismatched, {len(self.unused)} unused")
+            f"{len(self.mismatched)} mismatched, {len(self.unused)} unused{seeded}")
+
+  def seed_gate_trunk(self, params: dict, batch_stats: dict):
+    """model.gate_feature="gate_trunk": the gate's own trunk (the modules
+    named resnet.GATE_TRUNK_PREFIX + a trunk module's name) starts as a copy
+    of the loaded trunk, in `params` and `batch_stats` (host dicts, changed
+    in place); those leaves leave `new` for `seeded`."""
+    from asl_jax.models import resnet
+    prefix = resnet.GATE_TRUNK_PREFIX
+    for tree in (params, batch_stats):
+      for key in [k for k in tree if k.startswith(prefix)]:
+        tree[key] = jax.tree.map(np.array, tree[key[len(prefix):]])
+    self.seeded = [p for p in self.new if p[0].startswith(prefix)]
+    self.new = [p for p in self.new if not p[0].startswith(prefix)]
 
 
 # SSCD's linear head: `backbone.fc` in its torchvision layout (the prefix is

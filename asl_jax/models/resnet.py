@@ -158,7 +158,10 @@ class WaveBlock(nn.Module):
 # so that only the norm-ratio loss trains it and the descriptor stays as it was
 # (for a pretrained descriptor; `gate_head`).
 GATE_FEATURES = {"projector": "projected", "pooled": "pooled", "descriptor": "descriptor",
-                 "gate_head": "gate_head"}
+                 "gate_head": "gate_head", "gate_trunk": "gate_head"}
+# gate_feature="gate_trunk": the modules of the gate's own trunk are the
+# trunk's names with this prefix (seeded from the same pretrained file).
+GATE_TRUNK_PREFIX = "gate_trunk_"
 HEADS = ("bot", "sscd")
 
 
@@ -173,12 +176,15 @@ def check_head(head: str, gate_feature: str):
 
 
 def gate_head(pooled, dims):
-  """The separate gate feature (model.gate_feature="gate_head"): Dense -> ReLU
-  -> ... -> Dense over `dims` on the pooled feature, whose gradient stops
-  here, so that the gate learns from the norm-ratio loss alone and no
-  gradient of it reaches the trunk or the descriptor. The last layer has no
-  ReLU so that its norm can go both ways."""
-  h = jax.lax.stop_gradient(pooled).astype(jnp.float32)
+  """The separate gate feature: Dense -> ReLU -> ... -> Dense over `dims` on
+  a pooled feature. model.gate_feature="gate_head": the trunk's own pooled
+  feature, whose gradient stops here, so that the gate learns from the
+  norm-ratio loss alone and no gradient of it reaches the trunk or the
+  descriptor. "gate_trunk": the pooled feature of the gate's own trunk
+  (`GATE_TRUNK_PREFIX`), which that loss trains, while the descriptor's trunk
+  gets none of it. The last layer has no ReLU so that its norm can go both
+  ways."""
+  h = pooled.astype(jnp.float32)
   for i, dim in enumerate(dims):
     h = nn.Dense(dim, name=f"gate_fc{i + 1}")(h)
     if i < len(dims) - 1:
@@ -187,7 +193,7 @@ def gate_head(pooled, dims):
 
 
 def descriptor_head(pooled, *, head, projector_dims, descriptor_dim, gate_feature, norm, dtype,
-                    gate_head_dims=(256, 64)):
+                    gate_head_dims=(256, 64), gate_pooled=None):
   """The aux dict from the pooled trunk feature; called inside a module's
   compact __call__, so that the layers are that module's (top-level names).
 
@@ -197,7 +203,8 @@ def descriptor_head(pooled, *, head, projector_dims, descriptor_dim, gate_featur
   the pooled feature straight to the descriptor; `projected` is the same
   descriptor (the classifier's input). `descriptor` is never L2-normalised
   here (evaluation and the losses do it), so its norm can serve as the gate.
-  gate_feature="gate_head" adds `gate_head` (`gate_head`, of `gate_head_dims`).
+  gate_feature="gate_head" adds `gate_head` (`gate_head`, of `gate_head_dims`);
+  "gate_trunk" the same on `gate_pooled`, the gate trunk's pooled feature.
   """
   if head == "sscd":
     d = nn.Dense(descriptor_dim, dtype=dtype, name="embed_fc")(pooled).astype(jnp.float32)
@@ -213,7 +220,9 @@ def descriptor_head(pooled, *, head, projector_dims, descriptor_dim, gate_featur
     aux = {"pooled": pooled, "projected": projected.astype(jnp.float32),
            "descriptor": descriptor.astype(jnp.float32)}
   if gate_feature == "gate_head":
-    aux["gate_head"] = gate_head(pooled, gate_head_dims)
+    aux["gate_head"] = gate_head(jax.lax.stop_gradient(pooled), gate_head_dims)
+  elif gate_feature == "gate_trunk":
+    aux["gate_head"] = gate_head(gate_pooled, gate_head_dims)
   aux["gate_feature"] = aux[GATE_FEATURES[gate_feature]]
   return aux
 
@@ -261,30 +270,37 @@ class CopyDetector(nn.Module):
   def __call__(self, images, train: bool = False):
     """images: [B, H, W, 3] float in ImageNet-normalised units."""
     norm = make_norm(train, self.bn_groups, self.bn_momentum, self.dtype)
+    pooled = self._trunk(images, norm, train, "")
+    gate_pooled = (self._trunk(images, norm, train, GATE_TRUNK_PREFIX)
+                   if self.gate_feature == "gate_trunk" else None)
+    return descriptor_head(pooled, head=self.head, projector_dims=self.projector_dims,
+                           descriptor_dim=self.descriptor_dim,
+                           gate_feature=self.gate_feature, norm=norm, dtype=self.dtype,
+                           gate_head_dims=tuple(self.gate_head_dims), gate_pooled=gate_pooled)
+
+  def _trunk(self, images, norm, train, prefix):
+    """The trunk and GeM (their modules named with `prefix`), called from
+    the compact __call__, so that the layers are this module's."""
     block_name, stages, stem = VARIANTS[self.variant]
     block = BasicBlock if block_name == "basic" else Bottleneck
     conv = functools.partial(Conv, dtype=self.dtype, im2col=self.small_conv_im2col,
                              canonical_grad=self.conv_canonical_grad)
     x = images.astype(self.dtype)
     if stem == "imagenet":
-      x = conv(self.width, 7, 2, name="conv1")(x)
-      x = nn.relu(norm(name="bn1")(x))
+      x = conv(self.width, 7, 2, name=f"{prefix}conv1")(x)
+      x = nn.relu(norm(name=f"{prefix}bn1")(x))
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     else:
-      x = conv(self.width, 3, 2, name="conv1")(x)
-      x = nn.relu(norm(name="bn1")(x))
+      x = conv(self.width, 3, 2, name=f"{prefix}conv1")(x)
+      x = nn.relu(norm(name=f"{prefix}bn1")(x))
     for i, num_blocks in enumerate(stages):
       stage_stride = (1, 2, 2, self.last_stride)[i]
       for j in range(num_blocks):
         x = block(self.width * 2 ** i, stage_stride if j == 0 else 1, norm, conv,
-                  name=f"layer{i + 1}_{j}")(x)
+                  name=f"{prefix}layer{i + 1}_{j}")(x)
       if self.wave_block and i in (1, 2):  # After layer2 and layer3, as BoT.
-        x = WaveBlock(chunk=self.wave_chunk, name=f"wave{i + 1}")(x, train)
-    pooled = GeM(name="gem")(x)
-    return descriptor_head(pooled, head=self.head, projector_dims=self.projector_dims,
-                           descriptor_dim=self.descriptor_dim,
-                           gate_feature=self.gate_feature, norm=norm, dtype=self.dtype,
-                           gate_head_dims=tuple(self.gate_head_dims))
+        x = WaveBlock(chunk=self.wave_chunk, name=f"{prefix}wave{i + 1}")(x, train)
+    return GeM(name=f"{prefix}gem")(x)
 
 
 class Classifier(nn.Module):
