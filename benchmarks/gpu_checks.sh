@@ -82,8 +82,8 @@ bench e_max_autotune 300 --config configs/asl.py:ndec --only train --compare tor
 echo "== budgeted steps took $((SECONDS - start)) s"
 
 # == photos: SSCD's ResNet-50 (sscd.onnx) on a real-photo ICD set in the DISC21 layout, side by
-# side with the CPU recipe's student: evaluated as imported, then ASL fine-tuning (the gate head
-# alone, as configs/asl.py:sscd_photos; and the whole model at two learning rates). The set and
+# side with the CPU recipe's student: evaluated as imported, then ASL fine-tuning (the gate's own
+# trunk, as configs/asl.py:sscd_photos; and the whole model at two learning rates). The set and
 # the file are given as PHOTOS_DIR and SSCD_ONNX (absent: skipped); each run has its own timeout.
 photos=${PHOTOS_DIR:-}; sscd=${SSCD_ONNX:-}
 if [[ "$steps" != *" photos "* ]]; then
@@ -106,11 +106,15 @@ elif [ -n "$photos" ] && [ -d "$photos" ] && [ -f "$sscd" ]; then
     cp "/tmp/runs/$name/metrics.json" "$out/${name}_metrics.json" 2>/dev/null
   }
   prun p1_sscd_r50_as_imported 80 --config.train.total_steps=0
-  prun p2_sscd_r50_gate_head 80 --config.train.total_steps=300
+  prun p2_sscd_r50_gate_trunk 80 --config.train.total_steps=300
+  # The whole model with InfoNCE (τ 0.05), a linear gate head on its pooled feature at 1e-3,
+  # everything else at 1e-5 / 1e-4: does fine-tuning keep or improve the descriptor?
   prun p3_sscd_r50_all_lr1e-5 80 --config.train.total_steps=300 --config.optim.trainable= \
-    --config.loss.info_nce=1.0 --config.optim.learning_rate=1e-5
+    --config.model.gate_feature=gate_head --config.loss.info_nce=1.0 \
+    --config.loss.temperature=0.05 --config.optim.lr_mults="(('model/gate_fc',1.0),('model/',0.01))"
   prun p4_sscd_r50_all_lr1e-4 80 --config.train.total_steps=300 --config.optim.trainable= \
-    --config.loss.info_nce=1.0 --config.optim.learning_rate=1e-4
+    --config.model.gate_feature=gate_head --config.loss.info_nce=1.0 \
+    --config.loss.temperature=0.05 --config.optim.lr_mults="(('model/gate_fc',1.0),('model/',0.1))"
   "$py" benchmarks/photo_summary.py "$out" 2>&1 | tee "$out/photo_summary.txt"
 else
   echo "== photos: skipped (set PHOTOS_DIR to a DISC21-layout photo set and SSCD_ONNX to sscd.onnx)"
