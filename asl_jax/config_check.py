@@ -112,6 +112,7 @@ RULES = {
     "model.bn_groups": _int(1),
     "model.small_conv": _one_of("auto", "xla", "im2col"),
     "model.conv_grad": _one_of("auto", "xla", "canonical"),
+    "model.depthwise": _one_of("auto", "xla", "shifts"),
     "model.wave_chunk": _int(1),
     "loss.info_nce": _num(0), "loss.koleo": _num(0), "loss.triplet": _num(0),
     "loss.classification": _num(0), "loss.norm_ratio": _num(0),

@@ -7,7 +7,9 @@ Here the step's jaxpr (what every backend compiles) is walked: each
 primitives (pjit, closed_call, custom_vjp/custom_jvp, remat, shard_map) are
 entered, `scan` bodies count `length` times, `while` bodies their trip count
 where it can be read from the loop (else once, and the loop is reported), and
-`cond` its most expensive branch. Elementwise work (BatchNorm, activations,
+`cond` its most expensive branch. The products of a depthwise convolution
+written as shifted multiply-adds (models/conv.depthwise_shifts, the CPU's)
+count as its multiply-adds. Elementwise work (BatchNorm, activations,
 the optimiser) is left out, as model-FLOPs utilisation conventionally does.
 
 `analytic_forward_macs` counts the same model from its layer shapes alone,
@@ -18,6 +20,8 @@ import dataclasses
 import math
 
 import numpy as np
+
+from asl_jax.models.conv import SHIFTS_SCOPE
 
 
 @dataclasses.dataclass
@@ -108,6 +112,10 @@ def count_jaxpr(jaxpr) -> Count:
       total.dot += _dot_flops(eqn)
     elif name == "conv_general_dilated":
       total.conv += _conv_flops(eqn)
+    elif name == "mul" and SHIFTS_SCOPE in str(eqn.source_info.name_stack):
+      # A depthwise convolution's tap (models/conv.depthwise_shifts): a multiply-add
+      # per output element.
+      total.conv += 2 * math.prod(eqn.outvars[0].aval.shape)
     elif name == "scan":
       total.add(count_jaxpr(eqn.params["jaxpr"]), eqn.params["length"])
     elif name == "while":

@@ -13,10 +13,11 @@ bilinear to S x S, aspect not kept (`copy_edits.resize`); the side is in the
 model's metadata (`image_size`).
 
 What is exported is the inference function, written for it: the model is
-rebuilt with plain XLA convolutions (model.small_conv=xla, model.conv_grad=xla:
-the CPU-only im2col form and the custom-VJP convolution whose only purpose
-is faster gradients) and in float32 (a bfloat16 run's float32 parameters are
-used as they are). Same parameters, same function.
+rebuilt with plain XLA convolutions (model.small_conv=xla, model.conv_grad=xla,
+model.depthwise=xla: the CPU-only im2col form, the custom-VJP convolution
+whose only purpose is faster gradients, and the depthwise convolutions
+written as shifted multiply-adds for the CPU) and in float32 (a bfloat16
+run's float32 parameters are used as they are). Same parameters, same function.
 """
 
 import json
@@ -36,7 +37,7 @@ def inference_model(config):
   """The run's model, rebuilt for export (plain convolutions, float32)."""
   from asl_jax.models import resnet
   cfg = ml_collections.ConfigDict(config.model.to_dict())
-  cfg.update(small_conv="xla", conv_grad="xla", dtype="float32")
+  cfg.update(small_conv="xla", conv_grad="xla", depthwise="xla", dtype="float32")
   return resnet.build(cfg)
 
 

@@ -19,11 +19,10 @@ import subprocess
 import sys
 import time
 
-import ml_collections
 import numpy as np
 from absl import app, flags
 
-from asl_jax import data
+from asl_jax import data, inference
 from asl_jax.evaluation import embedding
 from asl_jax.evaluation import io as eval_io
 
@@ -61,8 +60,7 @@ def evaluate(queries, references, ground_truth, k):
 def main(argv):
   del argv
   import onnxruntime as ort
-  with open(os.path.join(_WORKDIR.value, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = inference.read_config(_WORKDIR.value)  # Completed as every command reads it.
   size = embedding.embedding_size(config)
   resize = config.eval.resize
   builder = data.prepare(config.data, log=lambda _: None)

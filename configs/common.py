@@ -93,6 +93,8 @@ def model() -> ml_collections.ConfigDict:
   m.shard_classifier = False      # Split the classifier's classes over the devices.
   m.small_conv = "auto"           # 3x3 convs with <= 4x4 outputs: xla | im2col | auto (CPU).
   m.conv_grad = "auto"            # Convolution gradients: xla | canonical | auto (CPU).
+  m.depthwise = "auto"            # mnv4s depthwise convs: xla | shifts (multiply-adds) | auto
+                                  # (shifts on the CPU, where XLA's are slow; same values).
   m.init_from = ""                # Initial weights: torchvision .pth/.pt or timm .safetensors
                                   # (trunk; SSCD's torchvision file also its head), an ONNX copy
                                   # detector (sscd.onnx: r50, last_stride 2, head sscd;

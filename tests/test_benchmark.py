@@ -14,7 +14,7 @@ import pytest
 
 from asl_jax import benchmark
 from asl_jax.errors import UserError
-from conftest import ROOT, tiny_config
+from conftest import ROOT, load_config, tiny_config
 
 torch = pytest.importorskip("torch", reason="the torch comparison needs torch ('.[bench]')")
 
@@ -145,3 +145,15 @@ def test_every_workload_at_a_tiny_size_writes_the_promised_json(tiny_builder, da
     assert eager["images_per_s"] > 0 and eager["asl_jax_over_this"] > 0, eager
   table = benchmark.format_table(result)
   assert "torch eager" in table and "agree 1.0000" in table
+
+
+def test_compare_torch_refuses_a_model_the_torch_side_lacks():
+  from asl_jax.benchmark import __main__ as bench
+  from asl_jax.benchmark.runner import Request
+  pytest.importorskip("torch", reason="torch (a test dependency) is not installed")
+  request = Request(["train"], ["torch"])
+  bench.check_torch_model(load_config("ndec"), request)  # BoT's head: the same model.
+  for variant in ("sscd_photos", "ndec_sscd_asl"):
+    with pytest.raises(UserError, match="--compare torch: the PyTorch side"):
+      bench.check_torch_model(load_config(variant), request)
+  bench.check_torch_model(load_config("sscd_photos"), Request(["train"], []))

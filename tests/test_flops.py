@@ -126,3 +126,21 @@ def test_peak_table_matches_whole_names_only():
   assert flops.peak_tflops("TPU v5 lite", "bfloat16") == 197.0
   assert flops.peak_tflops("cpu", "float32") is None
   assert flops.peak_tflops("cpu", "float32", override=2.0) == 2.0
+
+
+def test_the_students_depthwise_shifts_count_as_its_convolutions():
+  """MobileNetV4's depthwise convolutions as shifted multiply-adds (the CPU's
+  path) count as XLA's grouped convolutions do: the forward pass exactly, the
+  backward within 1% (the strided input gradient runs over the dilated grid)."""
+  from asl_jax.models import mobilenetv4
+  images = jnp.ones((2, 64, 64, 3))
+  counts = {}
+  for path in ("xla", "shifts"):
+    model = mobilenetv4.MobileNetV4(gate_feature="gate_head", gate_head_dims=(8,),
+                                    depthwise=path)
+    variables = model.init(jax.random.key(0), images)
+    loss = lambda v, model=model: model.apply(v, images)["descriptor"].sum()
+    counts[path] = (flops.count_fn(loss, variables).total,
+                    flops.count_fn(jax.grad(loss), variables).total)
+  assert counts["shifts"][0] == counts["xla"][0] > 0
+  assert counts["shifts"][1] == pytest.approx(counts["xla"][1], rel=0.01)

@@ -93,6 +93,26 @@ def check_counts_and_output(o: Options, json_path: str):
     paths.output_file(json_path, "--json", "the results")
 
 
+def check_torch_model(config, request):
+  """--compare torch times the PyTorch twin of models/resnet.CopyDetector with
+  BoT's head (torch_model.py); a model it does not have would be timed as
+  another one, so it is refused before any work."""
+  from asl_jax.errors import UserError
+  m = config.model
+  if "torch" in request.compare and (m.variant not in torch_model_variants() or m.head != "bot"
+                                     or m.gate_feature not in ("projector", "pooled")):
+    raise UserError(
+        f"--compare torch: the PyTorch side has the ResNets with BoT's head and the gate on "
+        f"its projector or pooled feature, not model.variant={m.variant!r}, "
+        f"model.head={m.head!r}, model.gate_feature={m.gate_feature!r}; it would time another "
+        "model. Compare a BoT recipe (e.g. configs/asl.py:ndec), or leave out --compare.")
+
+
+def torch_model_variants():
+  from asl_jax.benchmark import torch_model
+  return tuple(torch_model.STAGES)
+
+
 def main(argv):
   del argv
   request = Request(_ONLY.value, _COMPARE.value, _SEARCH.value)
@@ -100,6 +120,7 @@ def main(argv):
                     config_name=flags.FLAGS["config"].config_filename,
                     overrides=[a for a in sys.argv[1:] if a.startswith("--config.")])
   check_counts_and_output(options, _JSON.value)
+  check_torch_model(_CONFIG.value, request)
   import jax
   if _MULTIHOST.value:
     cli.initialize_multihost()

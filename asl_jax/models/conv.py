@@ -92,6 +92,11 @@ class Conv(nn.Module):
     return _conv(x, kernel, s, k // 2)
 
 
+# The name scope of the shifted products, which flops.py counts as a
+# convolution's multiply-adds (elementwise work is otherwise left out).
+SHIFTS_SCOPE = "depthwise_shifts"
+
+
 def _shifted(x, i: int, j: int, s: int, ho: int, wo: int):
   """x[:, i + s*h, j + s*w, :] for h < ho, w < wo."""
   return jax.lax.slice(x, (0, i, j, 0), (x.shape[0], i + s * (ho - 1) + 1,
@@ -102,11 +107,12 @@ def _depthwise_sum(xp, w, s: int, ho: int, wo: int):
   """sum_ij xp[:, i + s*h, j + s*w, c] * w[i, j, c]: a depthwise correlation
   over an already padded input, as k*k shifted multiply-adds."""
   out = None
-  for i in range(w.shape[0]):
-    for j in range(w.shape[1]):
-      term = _shifted(xp, i, j, s, ho, wo) * w[i, j]
-      out = term if out is None else out + term
-  return out
+  with jax.named_scope(SHIFTS_SCOPE):  # flops.py counts these products (2 FLOPs each).
+    for i in range(w.shape[0]):
+      for j in range(w.shape[1]):
+        term = _shifted(xp, i, j, s, ho, wo).astype(jnp.float32) * w[i, j].astype(jnp.float32)
+        out = term if out is None else out + term
+  return out.astype(xp.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -132,8 +138,10 @@ def _depthwise_bwd(s, pad, res, g):
   k, (ho, wo) = w.shape[0], g.shape[1:3]
   h, wd = xp.shape[1] - 2 * pad, xp.shape[2] - 2 * pad
   # dw[i, j, c] = sum over images and outputs of the input each tap saw times g.
-  dw = jnp.stack([jnp.stack([jnp.sum(_shifted(xp, i, j, s, ho, wo) * g, (0, 1, 2))
-                             for j in range(k)]) for i in range(k)])
+  with jax.named_scope(SHIFTS_SCOPE):
+    dw = jnp.stack([jnp.stack([jnp.sum(_shifted(xp, i, j, s, ho, wo) * g, (0, 1, 2),
+                                       dtype=jnp.float32) for j in range(k)])
+                    for i in range(k)])
   # dx: g dilated by s (zeros between its pixels) and padded by k - 1, correlated
   # with the kernel turned by 180 degrees; the rows and columns of the padded input
   # that are padding are cut off. High padding makes the dilated g as tall as needed.

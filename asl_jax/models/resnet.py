@@ -339,7 +339,7 @@ def build(cfg) -> nn.Module:
               dtype=jnp.dtype(cfg.dtype), bn_groups=cfg.bn_groups)
   if cfg.variant in MOBILENET_VARIANTS:
     from asl_jax.models import mobilenetv4  # It builds on this module's layers.
-    return mobilenetv4.MobileNetV4(variant=cfg.variant, **head)
+    return mobilenetv4.MobileNetV4(variant=cfg.variant, depthwise=cfg.depthwise, **head)
   return CopyDetector(
       variant=cfg.variant, width=cfg.width, last_stride=cfg.last_stride, **head,
       wave_block=cfg.wave_block, wave_chunk=cfg.wave_chunk,
