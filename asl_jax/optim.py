@@ -100,19 +100,22 @@ def check_trainable(params, pattern: str, log=print):
       "the others stay as they are")
 
 
-def check_lr_mults(params, lr_mults, log=print):
-  """Each optim.lr_mults pattern must match a parameter that it reaches (an
-  earlier pattern takes a path first); logs how many values each scales."""
+def check_lr_mults(params, lr_mults, log=print, trainable: str = ""):
+  """Each optim.lr_mults pattern must match a parameter that trains
+  (optim.trainable) and that it reaches (an earlier pattern takes a path
+  first); logs how many values each scales."""
   if not lr_mults:
     return
   leaves = [(_path(p), int(np.prod(x.shape)))
-            for p, x in jax.tree_util.tree_leaves_with_path(params)]
+            for p, x in jax.tree_util.tree_leaves_with_path(params)
+            if not trainable or re.search(trainable, _path(p))]
   for i, (pattern, factor) in enumerate(lr_mults):
     hit = [(path, n) for path, n in leaves
            if re.search(pattern, path) and not any(re.search(q, path) for q, _ in lr_mults[:i])]
     if not hit:
-      raise UserError(f"optim.lr_mults: {pattern!r} matches no parameter (or only ones an "
-                      "earlier pattern takes), so its factor would change nothing. Parameter "
+      raise UserError(f"optim.lr_mults: {pattern!r} matches no parameter that trains "
+                      "(optim.trainable), or only ones an earlier pattern takes, so its factor "
+                      "would change nothing. Parameter "
                       "paths look like 'model/blocks_3_1/pw_exp/kernel', "
                       "'model/layer4_2/conv3/kernel', 'model/gate_fc1/kernel'.")
     log(f"optim.lr_mults: {pattern!r} x{factor}: {len(hit)} parameter arrays "

@@ -136,7 +136,7 @@ def _train(config, workdir: str, builder=None):
     state = load_pretrained(state, config, workdir, log)
   start = int(start or 0)
   optim.check_trainable(state.params, config.optim.trainable, log)
-  optim.check_lr_mults(state.params, config.optim.lr_mults, log)
+  optim.check_lr_mults(state.params, config.optim.lr_mults, log, config.optim.trainable)
   update = make_update_fn(model, classifier, tx, schedule, config, mesh, state)
   step_rng = jax.random.fold_in(rng, 1)
   images_per_step = config.data.ids_per_batch * config.data.views_per_id

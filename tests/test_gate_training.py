@@ -172,8 +172,10 @@ def test_lr_mults_scale_each_parameters_learning_rate():
   np.testing.assert_allclose(updates["model"]["gate_fc1"]["kernel"], -0.1 * lr, rtol=1e-3)
   np.testing.assert_allclose(updates["model"]["blocks_0_0"]["kernel"], 0.0)
   optim.check_lr_mults(params, c.optim.lr_mults, log=lambda m: None)
-  with pytest.raises(UserError, match="'layer9' matches no parameter"):
+  with pytest.raises(UserError, match="'layer9' matches no parameter that trains"):
     optim.check_lr_mults(params, (("layer9", 0.1),))
+  with pytest.raises(UserError, match="'model/blocks' matches no parameter that trains"):
+    optim.check_lr_mults(params, (("model/blocks", 0.1),), trainable="model/gate")
   with pytest.raises(UserError, match="only ones an earlier pattern takes"):
     optim.check_lr_mults(params, (("model", 0.1), ("gate", 0.5)))
   c.data.manual_dir, c.model.init_from = "photos", "sscd_distilled.onnx"
