@@ -6,25 +6,16 @@ grouped convolution and with shifted multiply-adds (`models/conv.py`,
   python benchmarks/depthwise.py --batch 16 --size 224
 """
 
-import time
-
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from asl_jax.benchmark.harness import mean_seconds
 from asl_jax.models import mobilenetv4
 
 _BATCH = flags.DEFINE_integer("batch", 16, "Images per call.")
 _SIZE = flags.DEFINE_integer("size", 224, "Image side.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per row.")
-
-
-def seconds(fn, *args):
-  jax.block_until_ready(fn(*args))
-  t0 = time.perf_counter()
-  for _ in range(_REPEATS.value):
-    jax.block_until_ready(fn(*args))
-  return (time.perf_counter() - t0) / _REPEATS.value
 
 
 def main(argv):
@@ -43,7 +34,8 @@ def main(argv):
       out = model.apply({**variables, "params": params}, x, train=False)
       return sum(jnp.sum(jnp.square(t)) for t in jax.tree.leaves(out))
     fwd, grad = jax.jit(loss), jax.jit(jax.grad(loss))
-    per_image = lambda f: 1000 * seconds(f, variables["params"], images) / _BATCH.value
+    per_image = lambda f: 1000 * mean_seconds(
+        f, variables["params"], images, repeats=_REPEATS.value) / _BATCH.value
     print(f"{path:>10} {per_image(fwd):8.2f} {per_image(grad):8.2f}", flush=True)
 
 

@@ -7,26 +7,17 @@ uses on the CPU for outputs up to 4x4).
   python benchmarks/small_conv.py --sides 1,2,3,4,8
 """
 
-import time
-
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from asl_jax.benchmark.harness import mean_seconds
 from asl_jax.models import resnet
 
 _SIDES = flags.DEFINE_list("sides", ["1", "2", "3", "4", "8"], "Output sides to time.")
 _CHANNELS = flags.DEFINE_integer("channels", 512, "Input and output channels.")
 _BATCH = flags.DEFINE_integer("batch", 64, "Images.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per row.")
-
-
-def seconds(fn, *args):
-  jax.block_until_ready(fn(*args))
-  t0 = time.perf_counter()
-  for _ in range(_REPEATS.value):
-    jax.block_until_ready(fn(*args))
-  return (time.perf_counter() - t0) / _REPEATS.value
 
 
 def main(argv):
@@ -42,8 +33,8 @@ def main(argv):
       module = resnet.Conv(c, 3, 1, im2col=im2col)
       params = module.init(jax.random.key(1), x[:1])
       loss = lambda p, x, m=module: jnp.sum(m.apply(p, x) ** 2)
-      fwd = seconds(jax.jit(loss), params, x)
-      both = seconds(jax.jit(jax.grad(loss, (0, 1))), params, x)
+      fwd = mean_seconds(jax.jit(loss), params, x, repeats=_REPEATS.value)
+      both = mean_seconds(jax.jit(jax.grad(loss, (0, 1))), params, x, repeats=_REPEATS.value)
       flops = 2 * b * side * side * c * c * 9
       print(f"{side:>3}x{side:<3} {name:>15} {fwd * 1e3:>8.1f} {flops / fwd / 1e9:>8.1f} "
             f"{both * 1e3:>11.1f} {3 * flops / both / 1e9:>8.1f}", flush=True)

@@ -23,6 +23,14 @@ def mfu(flops_per_step: float, step_seconds: float, peak: float | None):
   return achieved, (achieved / peak if peak else None)
 
 
+def mean_seconds(fn, *args, repeats: int = 3) -> float:
+  """Mean seconds of `repeats` calls of the JAX function fn(*args), after one
+  untimed call (compilation)."""
+  import jax
+  jax.block_until_ready(fn(*args))
+  return sum(time_each(lambda: fn(*args), repeats, jax.block_until_ready)) / repeats
+
+
 def time_each(step, n: int, sync):
   """Seconds of each of `n` calls of `step()` (synchronised after each)."""
   out = []
