@@ -180,7 +180,7 @@ def _get(config, path):
 
 def _fail(field, value, allowed, hint=""):
   raise UserError(f"--config.{field}={value!r} is not allowed: it must be {allowed}. "
-                  + (hint or f"Set --config.{field} to such a value (configs/asl.py "
+                  + (hint or f"Set --config.{field} to such a value (configs/common.py "
                      "documents each field)."))
 
 
