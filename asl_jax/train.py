@@ -24,8 +24,8 @@ from asl_jax.errors import UserError
 from asl_jax.objective import loss_fn
 from asl_jax.optim import make_optimizer, trainable_mask
 from asl_jax.preemption import Preempted, PreemptionWatch
-from asl_jax.train_state import (build_modules, check_init_from, init_state, load_pretrained,
-                                 pretrained_state)
+from asl_jax.train_state import (abstract_params, build_modules, check_init_from, init_state,
+                                 load_pretrained, pretrained_state)
 from asl_jax.two_pass import two_pass_gradients
 
 
@@ -107,6 +107,10 @@ def train(config, workdir: str, builder=None):
 
 def _train(config, workdir: str, builder=None):
   """`train` once the config is checked (train_and_evaluate checks it first)."""
+  # optim.trainable / lr_mults name parameters: checked before data is prepared.
+  params = abstract_params(config)
+  optim.check_trainable(params, config.optim.trainable, log=lambda *_: None)
+  optim.check_lr_mults(params, config.optim.lr_mults, lambda *_: None, config.optim.trainable)
   os.makedirs(workdir, exist_ok=True)
   builder = builder or data.prepare(config.data, log=log)
   mesh = sharding.make_mesh()

@@ -54,8 +54,8 @@ def state_shardings(shapes, mesh, classifier):
   return jax.tree_util.tree_map_with_path(spec, shapes)
 
 
-def init_state(model, classifier, tx, config, rng, mesh) -> TrainState:
-  """Creates the state directly with its (replicated) sharding."""
+def _init_fn(model, classifier, tx, config):
+  """rng -> a fresh TrainState (the model's and the classifier's variables)."""
   size = config.data.image_size
 
   def init(rng):
@@ -68,10 +68,23 @@ def init_state(model, classifier, tx, config, rng, mesh) -> TrainState:
           r_cls, jnp.zeros((2, resnet.projected_dim(config.model))))["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables["batch_stats"],
-                      opt_state=tx.init(params))
+                      opt_state=tx.init(params) if tx is not None else None)
+  return init
 
+
+def init_state(model, classifier, tx, config, rng, mesh) -> TrainState:
+  """Creates the state directly with its (replicated) sharding."""
+  init = _init_fn(model, classifier, tx, config)
   shapes = jax.eval_shape(init, rng)
   return jax.jit(init, out_shardings=state_shardings(shapes, mesh, classifier))(rng)
+
+
+def abstract_params(config):
+  """The parameter tree's shapes (nothing computed, no data needed): what
+  optim.trainable and optim.lr_mults are checked against before any work.
+  The classifier, where there is one, has a single class here."""
+  model, classifier = build_modules(config, num_classes=1, num_devices=1)
+  return jax.eval_shape(_init_fn(model, classifier, None, config), jax.random.key(0)).params
 
 
 def _host(tree):

@@ -142,6 +142,18 @@ def test_bad_information_factor_and_trainable_are_user_errors():
     optim.check_trainable(params, "layer9")
 
 
+@pytest.mark.parametrize("field,value,message", [
+    ("trainable", "layer9", "optim.trainable='layer9' matches no parameter"),
+    ("lr_mults", (("layer9", 0.1),), "'layer9' matches no parameter that trains")])
+def test_bad_parameter_patterns_stop_before_data_is_prepared(tmp_path, field, value, message):
+  from conftest import tiny_config
+  c = tiny_config(str(tmp_path / "tfds"))
+  c.optim[field] = value
+  with pytest.raises(UserError, match=message):
+    train.train(c, str(tmp_path / "run"))
+  assert not (tmp_path / "tfds").exists() and not (tmp_path / "run").exists()
+
+
 def test_sscd_recipes_name_their_missing_files_before_any_work():
   from asl_jax import config_check
   c = load_config("sscd_photos")
