@@ -108,6 +108,11 @@ def prepare(cfg, log=print, name: str | None = None) -> tfds.core.DatasetBuilder
   name = name or cfg.name
   b = builder(cfg, name)
   is_folder = folder_set(name) is not None
+  if is_folder and cfg.manual_dir and not os.path.isdir(manual_dir(cfg)):
+    raise UserError(
+        f"The folder of the set {name}, --config.data.manual_dir={cfg.manual_dir!r}, is not a "
+        "directory. Give the folder that holds references/, queries/ and ground_truth.csv "
+        "(optionally train/ and queries.csv; README, 'Your own images').")
   if b.is_prepared():
     if is_folder:
       try:
@@ -121,12 +126,6 @@ def prepare(cfg, log=print, name: str | None = None) -> tfds.core.DatasetBuilder
         f"The set {name} is not prepared under {data_dir(cfg)} (looked for {b.data_dir}). "
         "Give its folder with --config.data.manual_dir=<folder> (references/, queries/, "
         "ground_truth.csv, optionally train/ and queries.csv; README, 'Your own images').")
-  if is_folder and not os.path.isdir(manual_dir(cfg)):
-    raise UserError(
-        f"The set {name} is not prepared and its folder, --config.data.manual_dir="
-        f"{cfg.manual_dir!r}, is not a directory. Give the folder that holds references/, "
-        "queries/ and ground_truth.csv (optionally train/ and queries.csv; README, 'Your own "
-        "images').")
   if name == "ndec/synthetic":
     log(f"Building {name} into {b.data_dir} (once; later runs reuse it)")
     b.download_and_prepare(file_format="array_record")

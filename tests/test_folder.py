@@ -90,6 +90,9 @@ def test_a_folder_set_loads_with_its_kinds_and_edits(tmp_path):
   make_set(tmp_path / "other", kinds=False, train=False)
   with pytest.raises(UserError, match="was prepared from"):
     data.prepare(cfg_for(tmp_path / "other", tmp_path / "data"), log=lambda _: None)
+  # A folder that does not exist is named as such, though a set of that name is prepared.
+  with pytest.raises(UserError, match="manual_dir=.*absent', is not a directory"):
+    data.prepare(cfg_for(tmp_path / "absent", tmp_path / "data"), log=lambda _: None)
   b2 = data.prepare(cfg_for(tmp_path / "other", tmp_path / "data", "folder/other"),
                     log=lambda _: None)
   assert "train" not in b2.info.splits
