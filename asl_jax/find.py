@@ -66,17 +66,10 @@ def _check_out(out: str, overwrite: bool):
                     "or --overwrite to replace them.")
 
 
-def verify_config(config):
-  """The run's eval.verify settings as a VerifyConfig (`workers` apart)."""
-  from asl_jax import verification
-  fields = {f.name for f in dataclasses.fields(verification.VerifyConfig)}
-  return verification.VerifyConfig(**{k: v for k, v in config.eval.verify.items()
-                                      if k in fields})
-
-
 def run(args, log=print) -> dict:
   """Finds the copies and writes the outputs; returns the summary."""
   from asl_jax import contact_sheet, copies, image_folder, inference
+  from asl_jax.evaluation import decisions
   if not os.path.isdir(args.images):
     raise UserError(f"--images {args.images} is not a folder.")
   if args.k < 1 or not -1.0 <= args.threshold <= 1.0:
@@ -96,7 +89,7 @@ def run(args, log=print) -> dict:
   pairs = copies.candidate_pairs(vectors, args.k, args.threshold)
   log(f"  {len(pairs)} candidate pairs with cosine >= {args.threshold}; verifying both ways")
   load = lambda i: image_folder.load(folder.path(i))
-  ab, ba = copies.verify_both_ways(pairs, load, verify_config(config),
+  ab, ba = copies.verify_both_ways(pairs, load, decisions.verify_config(config.eval.verify),
                                    args.workers or config.eval.verify.workers)
   decided = copies.decide(pairs, gate_norms, ab, ba)
   found = [p for p in decided if args.unverified or p.verdict in copies.VERIFIED]
