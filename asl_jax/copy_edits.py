@@ -3,7 +3,8 @@
 These are the edits of ISC2021/DISC21 and of the BoT/D²LV training chains
 (the BoT `isc_100k_256` augmentation chain): crops, resizes and aspect changes, flips,
 rotation, colour jitter, grayscale, blur, JPEG re-encoding, pixelisation,
-padding, text and sticker overlays, and pasting the image onto another one.
+padding, text and sticker overlays, pasting the image onto another one, and
+AugLy's meme caption band and screenshot page.
 
 `copy_edit_chain` takes and returns a uint8 HxWx3 numpy array (or an RGB PIL
 image, which it keeps as one); the ops inside it work on PIL images, so a chain
@@ -26,7 +27,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from asl_jax.overlay_edits import paste_onto, sticker_overlay, text_overlay, underlay
+from asl_jax.overlay_edits import (meme, paste_onto, screenshot, sticker_overlay, text_overlay,
+                                   underlay)
 from asl_jax.pil_image import Array, Img, random_color, to_array, to_pil
 from asl_jax.pil_image import resize_pil as _resize
 
@@ -246,6 +248,8 @@ _EDITS: dict[str, tuple[Callable, Callable]] = {
     "text2": (text_overlay, _plain(text_overlay)),  # BoT draws text twice.
     "sticker": (sticker_overlay, _plain(sticker_overlay)),
     "paste_onto": (paste_onto, _paste_onto),
+    "meme": (meme, _plain(meme)),
+    "screenshot": (screenshot, _plain(screenshot)),
     "jpeg": (jpeg, _plain(jpeg)),
 }
 EDIT_NAMES = ("crop",) + tuple(_EDITS)

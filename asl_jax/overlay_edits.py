@@ -1,6 +1,8 @@
 """The copy edits that add content: text and emoji-like stickers drawn over the
-image, another image pasted into it (underlay) and the image pasted onto
-another one. None changes the information amount (copy_edits.py)."""
+image, another image pasted into it (underlay), the image pasted onto
+another one, a meme's caption band above it and the image shown inside a
+web or phone page (a screenshot). None changes the information amount by
+itself (copy_edits.py; data.edit_information gives them a factor)."""
 
 import string
 from typing import Callable
@@ -106,3 +108,64 @@ def paste_onto(image: Img, background: Array | Img, rng: np.random.Generator,
   x = int(rng.integers(0, bw - small.width + 1))
   out.paste(small, (x, y))
   return out
+
+
+def _random_text(rng: np.random.Generator, words=(1, 5)) -> str:
+  n = int(rng.integers(words[0], words[1] + 1))
+  return " ".join("".join(rng.choice(list(string.ascii_uppercase), size=int(rng.integers(2, 8))))
+                  for _ in range(n))
+
+
+def meme(image: Img, rng: np.random.Generator, band=(0.15, 0.35)) -> Img:
+  """A meme's caption band (AugLy's meme_format): the image below a band of
+  a plain light colour, its height a fraction (drawn from `band`) of the
+  image's, holding a caption of a few words in large dark bold letters."""
+  w, h = image.size
+  bh = max(4, int(round(rng.uniform(*band) * h)))
+  out = Image.new("RGB", (w, h + bh), tuple(int(c) for c in rng.integers(220, 256, 3)))
+  out.paste(image, (0, bh))
+  text = _random_text(rng, (1, 3)).lower()
+  draw = ImageDraw.Draw(out)
+  px = 0.7 * bh
+  tw = draw.textlength(text, font=_font(px))
+  px *= min(1.0, 0.95 * w / max(tw, 1.0))  # Too long for the band: smaller letters.
+  font, colour = _font(px), tuple(int(c) for c in rng.integers(0, 60, 3))
+  tw = draw.textlength(text, font=font)
+  draw.text(((w - tw) / 2, (bh - px) / 2), text, font=font, fill=colour,
+            stroke_width=max(1, int(px / 25)), stroke_fill=colour)
+  return out
+
+
+def screenshot(image: Img, rng: np.random.Generator, scale=(0.3, 0.9)) -> Img:
+  """The image inside a drawn page (AugLy's overlay_onto_screenshot): a phone
+  page (portrait; the image 75-95% of its width) or a web page (landscape;
+  the image a fraction, drawn from `scale`, of its width) with a coloured title
+  bar, a row of round avatars, grey lines of text and panels."""
+  w, h = image.size
+  phone = bool(rng.random() < 0.5)
+  frac = rng.uniform(0.75, 0.95) if phone else rng.uniform(*scale)
+  pw = max(32, int(round(w / frac)))
+  ph = max(32, int(round(pw * (rng.uniform(1.7, 2.1) if phone else rng.uniform(0.55, 0.8)))))
+  page = Image.new("RGB", (pw, ph), tuple(int(c) for c in rng.integers(225, 256, 3)))
+  draw = ImageDraw.Draw(page)
+  grey = lambda: tuple([int(rng.integers(120, 215))] * 3)
+  bar = max(4, int(round(ph * (0.06 if phone else 0.08))))
+  draw.rectangle([0, 0, pw, bar], fill=random_color(rng) if rng.random() < 0.5 else grey())
+  r = max(2, bar // 2)
+  for i in range(int(rng.integers(3, 9))):  # Avatars.
+    cx = r + i * 3 * r
+    draw.ellipse([cx, bar + r // 2, cx + 2 * r, bar + r // 2 + 2 * r], fill=random_color(rng))
+  top = bar + 3 * r
+  line = max(2, bar // 4)
+  for ly in range(top, ph - line, 3 * line):  # Lines of "text" and panels.
+    x0 = int(pw * rng.uniform(0.02, 0.3))
+    draw.rectangle([x0, ly, int(pw * rng.uniform(0.4, 0.98)), ly + line], fill=grey())
+  for _ in range(int(rng.integers(0, 3))):
+    x0, y0 = int(rng.uniform(0, 0.8) * pw), int(rng.uniform(0.2, 0.8) * ph)
+    draw.rectangle([x0, y0, x0 + int(0.15 * pw), y0 + int(0.15 * ph)], fill=random_color(rng))
+  iw = max(4, int(round(min(w, 0.95 * pw, w * (ph - top - 4) / h))))
+  ih = max(4, int(round(h * iw / w)))
+  x = (pw - iw) // 2 if phone else int(rng.integers(0, max(1, pw - iw)))
+  y = top + int(rng.integers(0, max(1, ph - top - ih)))
+  page.paste(_resize(image, (ih, iw)), (x, y))
+  return page

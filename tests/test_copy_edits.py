@@ -98,6 +98,32 @@ def test_underlay_pastes_a_small_other_image_in_the_top_left_quarter_region():
   assert asked == [10] * 5  # Asked for no more than it pastes.
 
 
+def test_meme_puts_a_caption_band_above_the_untouched_image():
+  image = Image.fromarray(_image(4, 100, 120))
+  for seed in range(4):
+    out = np.asarray(copy_edits.meme(image, np.random.default_rng(seed), band=(0.2, 0.3)))
+    band = out.shape[0] - 100
+    assert out.shape[1] == 120 and 20 <= band <= 30
+    np.testing.assert_array_equal(out[band:], np.asarray(image))
+    # A light band with dark letters in it.
+    assert np.median(out[:band]) >= 200 and (out[:band].max(-1) < 60).mean() > 0.02
+
+
+def test_screenshot_shows_the_whole_image_inside_a_larger_page():
+  image = Image.fromarray(np.full((60, 80, 3), (1, 2, 3), np.uint8))
+  kinds = set()
+  for seed in range(8):
+    out = np.asarray(copy_edits.screenshot(image, np.random.default_rng(seed), scale=(0.4, 0.6)))
+    h, w = out.shape[:2]
+    kinds.add("phone" if h > w else "web")
+    ys, xs = np.nonzero((out == (1, 2, 3)).all(-1))
+    ih, iw = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    assert len(ys) == ih * iw and abs(iw / ih - 80 / 60) < 0.05  # One whole image, aspect kept.
+    assert ys.min() > 0 and iw / w <= (0.95 if h > w else 0.61)  # Below the bar, a part.
+    assert len(ys) < 0.6 * h * w
+  assert kinds == {"phone", "web"}
+
+
 def test_edit_parameters_change_the_edit():
   image = Image.fromarray(_image(2))
   rng = lambda: np.random.default_rng(3)  # noqa: E731
