@@ -95,14 +95,37 @@ def hflip(image: Img) -> Img:
   return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
 
 
+def inscribed_box(width: float, height: float, degrees: float) -> tuple[float, float]:
+  """(width, height) of the largest axis-aligned rectangle inside a
+  width x height rectangle rotated by `degrees`."""
+  a = np.deg2rad(degrees)
+  sin, cos = abs(float(np.sin(a))), abs(float(np.cos(a)))
+  long, short = max(width, height), min(width, height)
+  if short <= 2 * sin * cos * long or abs(sin - cos) < 1e-10:
+    # Half-constrained: two corners of the box touch the longer side.
+    x = 0.5 * short
+    return (x / sin, x / cos) if width >= height else (x / cos, x / sin)
+  cos2 = cos * cos - sin * sin
+  return (width * cos - height * sin) / cos2, (height * cos - width * sin) / cos2
+
+
 def rotate(image: Img, rng: np.random.Generator, max_degrees=50.0, quarter_turns=0.25,
-           expand=True) -> Img:
+           expand=True, crop_inside=0.0) -> Img:
   """Rotates by a random angle in +-max_degrees, or with probability
   `quarter_turns` by 90, 180 or 270 degrees; with `expand` the canvas grows so
-  that no content is cut (torchvision's RandomRotation keeps the size)."""
+  that no content is cut (torchvision's RandomRotation keeps the size), the
+  corners filled with a random colour. With probability `crop_inside` the
+  result is instead cut to the largest upright rectangle inside the rotated
+  image, with no filled corners, as AugLy's rotate does."""
   angle = float(rng.uniform(-max_degrees, max_degrees))
   if rng.random() < quarter_turns:  # Quarter turns are common edits too.
     angle = float(rng.choice([90.0, 180.0, 270.0]))
+  if crop_inside and rng.random() < crop_inside:
+    out = image.rotate(angle, resample=Image.BILINEAR, expand=True)
+    bw, bh = inscribed_box(image.width, image.height, angle)
+    bw, bh = max(1, int(bw)), max(1, int(bh))
+    left, top = (out.width - bw) // 2, (out.height - bh) // 2
+    return out.crop((left, top, left + bw, top + bh))
   return image.rotate(angle, resample=Image.BILINEAR, expand=expand,
                       fillcolor=random_color(rng))
 

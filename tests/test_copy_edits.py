@@ -98,6 +98,25 @@ def test_underlay_pastes_a_small_other_image_in_the_top_left_quarter_region():
   assert asked == [10] * 5  # Asked for no more than it pastes.
 
 
+def test_rotate_can_cut_to_the_largest_rectangle_inside_as_augly_does():
+  assert copy_edits.inscribed_box(4, 3, 0) == pytest.approx((4, 3))
+  assert copy_edits.inscribed_box(4, 3, 90) == pytest.approx((3, 4))
+  assert copy_edits.inscribed_box(1, 1, 45) == pytest.approx((0.5 ** 0.5, 0.5 ** 0.5))
+  w, h = copy_edits.inscribed_box(200, 100, 10)  # Its corners lie on the rotated sides.
+  a = np.deg2rad(10)
+  assert w * np.cos(a) + h * np.sin(a) == pytest.approx(200)
+  assert w * np.sin(a) + h * np.cos(a) == pytest.approx(100)
+  image = Image.fromarray(np.full((100, 200, 3), (10, 200, 30), np.uint8))
+  for seed in range(4):
+    out = np.asarray(copy_edits.rotate(image, np.random.default_rng(seed), max_degrees=30,
+                                       quarter_turns=0.0, crop_inside=1.0)).astype(int)
+    assert 0.3 * 200 * 100 < out.shape[0] * out.shape[1] < 200 * 100
+    assert (np.abs(out - (10, 200, 30)).max(-1) <= 2).mean() > 0.99  # No filled corners.
+    filled = np.asarray(copy_edits.rotate(image, np.random.default_rng(seed), max_degrees=30,
+                                          quarter_turns=0.0)).astype(int)
+    assert (np.abs(filled - (10, 200, 30)).max(-1) > 2).mean() > 0.01  # Filled corners.
+
+
 def test_meme_puts_a_caption_band_above_the_untouched_image():
   image = Image.fromarray(_image(4, 100, 120))
   for seed in range(4):
