@@ -95,6 +95,7 @@ RULES = {
     "data.views_per_id": _int(2),
     "data.pair_ids_per_batch": _int(0),
     "data.crop_area": _pair(0.0, 1.0),
+    "data.source_crop_area": _pair(0.0, 1.0),
     "data.train_every": _int(1),
     "data.num_threads": _int(1),
     "data.prepare_workers": _int(0),

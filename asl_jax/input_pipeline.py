@@ -45,6 +45,9 @@ class ViewSpec:
   edit_params: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
   # Edit name -> information factor (data.edit_information; copy_edit_chain).
   edit_information: tuple[tuple[str, float], ...] = ()
+  # Area range of the identity's source: a random crop of the image (data.source_crop_area;
+  # (1, 1): the whole image).
+  source_crop_area: tuple[float, float] = (1.0, 1.0)
 
 
 def _frozen(value):
@@ -55,7 +58,7 @@ def _frozen(value):
 
 def view_spec(cfg) -> ViewSpec:
   """The ViewSpec of `config.data` (views_per_id, image_size, crop_area,
-  train_edits, edit_params, edit_information)."""
+  train_edits, edit_params, edit_information, source_crop_area)."""
   params = cfg.edit_params
   information = cfg.edit_information
   return ViewSpec(
@@ -63,7 +66,8 @@ def view_spec(cfg) -> ViewSpec:
       tuple(sorted((k, float(v)) for k, v in cfg.train_edits.items())),
       tuple(sorted((name, tuple(sorted((k, _frozen(v)) for k, v in kw.items())))
                    for name, kw in params.items())),
-      tuple(sorted((k, float(v)) for k, v in information.items())))
+      tuple(sorted((k, float(v)) for k, v in information.items())),
+      tuple(float(a) for a in cfg.source_crop_area))
 
 
 class Backgrounds:
@@ -92,7 +96,10 @@ def make_views(image: np.ndarray | Image.Image, rng: np.random.Generator, spec: 
 
   View 0 is the resized image; the others a crop, resized, then the edit
   chain, which works at most at the view size (`copy_edit_chain`'s
-  work_size) and is resized to it at the end.
+  work_size) and is resized to it at the end. With spec.source_crop_area
+  below (1, 1) the image is first cut to a random crop of that area, which
+  then stands for the source (information amount 1): each training image
+  gives a different source at each visit.
   background_fn: (rng, min_size) -> image for `paste_onto` and `underlay`
   (None: synthetic gradients).
   """
@@ -100,6 +107,9 @@ def make_views(image: np.ndarray | Image.Image, rng: np.random.Generator, spec: 
   probabilities = dict(spec.edit_probabilities)
   params = {name: dict(kw) for name, kw in spec.edit_params}
   image = copy_edits.to_pil(image)
+  if spec.source_crop_area[0] < 1.0:
+    box, _ = copy_edits.crop_box(image.height, image.width, rng, spec.source_crop_area)
+    image = image.crop(box)
   views = [copy_edits.to_array(image.resize(size, Image.BILINEAR))]
   amounts = [1.0]
   for _ in range(spec.num_views - 1):

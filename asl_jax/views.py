@@ -62,7 +62,12 @@ def settings(cfg, num_identities: int, views: int, seed: int, quality: int,
       "crop_area": list(cfg.crop_area),
       "train_edits": {k: float(v) for k, v in sorted(cfg.train_edits.items())},
       "edit_params": json.loads(json.dumps({k: dict(v) for k, v in params.items()})),
-      "paste_backgrounds": cfg.paste_backgrounds}
+      "paste_backgrounds": cfg.paste_backgrounds,
+      # Stored only where set, so that views made before these existed still fit.
+      **({"edit_information": {k: float(v) for k, v in sorted(cfg.edit_information.items())}}
+         if cfg.edit_information else {}),
+      **({"source_crop_area": list(cfg.source_crop_area)}
+         if tuple(cfg.source_crop_area) != (1.0, 1.0) else {})}
 
 
 # ------------------------------------------------------------------ reading --
@@ -80,9 +85,10 @@ def open_views(views_dir: str, cfg, num_identities: int):
                  meta.get("jpeg_quality"), meta.get("shards"))
   # The edits too: a changed chain must not be trained on silently with old views.
   keys = ("format", "dataset", "identities", "image_size", "train_every", "crop_area",
-          "train_edits", "edit_params", "paste_backgrounds")
-  diff = [f"{k}: {meta.get(k)!r} there, {now[k]!r} in the config" for k in keys
-          if meta.get(k) != now[k]]
+          "train_edits", "edit_params", "paste_backgrounds", "edit_information",
+          "source_crop_area")
+  diff = [f"{k}: {meta.get(k)!r} there, {now.get(k)!r} in the config" for k in keys
+          if meta.get(k) != now.get(k)]
   if diff:
     raise UserError(f"The views in {views_dir} do not fit this config ({'; '.join(diff)}). "
                     "Make views for it with python -m asl_jax.pregenerate and the same config.")

@@ -53,6 +53,8 @@ def data() -> ml_collections.ConfigDict:
   d.pair_ids_per_batch = 8        # Of the N, identities from NDEC pairs (even).
   d.image_size = 48               # Model input side (48 keeps the demo <10 min on 2 cores).
   d.crop_area = (0.2, 1.0)        # Crop area range of views 1..K-1.
+  d.source_crop_area = (1.0, 1.0)  # Area range of a random crop that stands for the source
+                                  # (view 0) at each visit; (1, 1): the whole image.
   d.train_edits = ml_collections.ConfigDict({  # Probability of each edit.
       "resize": 0.5, "rotate": 0.15, "pixelize": 0.1, "pad": 0.2,
       "color_jitter": 0.4, "grayscale": 0.15, "blur": 0.25, "hflip": 0.3,

@@ -65,6 +65,26 @@ def test_make_views_view_zero_is_the_resized_original():
   np.testing.assert_allclose(amounts[1:], 0.5, atol=0.03)  # Exact pixel areas.
 
 
+def test_a_source_crop_stands_for_the_source_at_each_visit():
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+  spec = input_pipeline.ViewSpec(3, 24, (0.5, 0.5), (("hflip", 0.0),),
+                                 source_crop_area=(0.25, 0.25))
+  firsts = []
+  for seed in range(3):
+    views, amounts = input_pipeline.make_views(image, np.random.default_rng(seed), spec)
+    firsts.append(views[0])
+    assert np.abs(views[0].astype(int) - copy_edits.resize(image, (24, 24))).mean() > 20
+    np.testing.assert_allclose(amounts, [1.0, 0.5, 0.5], atol=0.05)  # Relative to the crop.
+  assert not np.array_equal(firsts[0], firsts[1])
+  # The crop's pixels are the image's: view 0 is found in it at a quarter of its area.
+  src_rng = np.random.default_rng(0)
+  box, area = copy_edits.crop_box(60, 80, src_rng, (0.25, 0.25))
+  assert area == pytest.approx(0.25, abs=0.02)
+  np.testing.assert_array_equal(
+      firsts[0], copy_edits.resize(image[box[1]:box[3], box[0]:box[2]], (24, 24)))
+
+
 def test_bad_pair_slots_are_rejected(tiny_builder, data_dir):
   cfg = tiny_config(data_dir).data
   cfg.pair_ids_per_batch = 3

@@ -99,7 +99,15 @@ def test_views_that_do_not_fit_the_config_are_named(views_dir, tiny_builder, dat
   cfg.edit_params = {"pad": {"max_fraction": 0.05}}
   with pytest.raises(UserError, match=r"edit_params: \{\} there, \{'pad': \{'max_fraction'"):
     input_pipeline.train_dataset(train_src, None, cfg, seed=0)
-  cfg.edit_params, cfg.views_per_id = {}, 6
+  cfg.edit_params = {}
+  # Their information amounts are stored: other factors or sources are refused too.
+  cfg.edit_information = {"blur": 0.8}
+  with pytest.raises(UserError, match=r"edit_information: None there, \{'blur': 0.8\}"):
+    input_pipeline.train_dataset(train_src, None, cfg, seed=0)
+  cfg.edit_information, cfg.source_crop_area = {}, (0.5, 1.0)
+  with pytest.raises(UserError, match=r"source_crop_area: None there, \[0.5, 1.0\]"):
+    input_pipeline.train_dataset(train_src, None, cfg, seed=0)
+  cfg.source_crop_area, cfg.views_per_id = (1.0, 1.0), 6
   with pytest.raises(UserError, match="5 views per identity, fewer than data.views_per_id=6"):
     input_pipeline.train_dataset(train_src, None, cfg, seed=0)
   cfg.views_per_id = 4
