@@ -152,6 +152,7 @@ RULES = {
                              "verify_else_calibrated"),
     "eval.rescore": _num(0),
     "eval.flip_average": _one_of(True, False),
+    "eval.gate_flip_average": _one_of(True, False),
     "eval.calibration.num_images": _int(0),
     "eval.calibration.max_copy_drop": _num(0, 1, hi_open=True),
     "eval.verify.max_side": _int(32), "eval.verify.num_features": _int(10),

@@ -72,6 +72,7 @@ def run(args, log=print) -> dict:
   return {"out": args.out, "images": len(ids), "dimensions": int(vectors.shape[1]),
           "step": model_run.step, "image_size": model_run.image_size,
           "flip_average": model_run.flip_average,
+          "gate_flip_average": model_run.gate_flip_average,
           "skipped": len(skipped), "skipped_files": [vars(s) for s in skipped]}
 
 

@@ -66,6 +66,7 @@ def run(args, log=print) -> dict:
   onnx_export.export(model_run, args.out, args.opset)
   out = {"out": args.out, "step": model_run.step, "image_size": model_run.image_size,
          "flip_average": model_run.flip_average,
+         "gate_flip_average": model_run.gate_flip_average,
          "inputs": {"images": f"uint8 [batch, {model_run.image_size}, "
                               f"{model_run.image_size}, 3]"},
          "outputs": {"descriptor": f"float32 [batch, {model_run.config.model.descriptor_dim}]",

@@ -2,7 +2,7 @@
 and the embedding of folders and prepared splits exactly as the run's
 evaluation embeds its queries and references (`evaluation/embedding.py`:
 eval.image_size, eval.flip_average, the L2-normalised descriptor and the
-gate feature's norm).
+gate feature's norm, eval.gate_flip_average).
 
 The command lines `embed`, `find` and `export` stand on this module.
 """
@@ -43,10 +43,15 @@ class Run:
   def flip_average(self) -> bool:
     return bool(self.config.eval.flip_average)
 
+  @property
+  def gate_flip_average(self) -> bool:
+    return bool(self.config.eval.gate_flip_average)
+
   @functools.cached_property
   def _embed_fn(self):
     from asl_jax.evaluation import embedding
-    return embedding.make_embed_fn(self.model, sharding.make_mesh(), self.flip_average)
+    return embedding.make_embed_fn(self.model, sharding.make_mesh(), self.flip_average,
+                                   self.gate_flip_average)
 
   def embed(self, source, name: str = "", log=print) -> tuple[np.ndarray, np.ndarray]:
     """(descriptors [n, d], gate norms [n]) of every record of `source` (a

@@ -43,22 +43,18 @@ def inference_model(config):
 
 def inference_fn(run):
   """uint8 [B, S, S, 3] -> (descriptor [B, d] unit length, gate norm [B]),
-  with the run's variables closed over; what the graph computes."""
+  with the run's variables closed over; what the graph computes (the
+  evaluation's `embedding.outputs`, with the run's flip averaging)."""
+  from asl_jax.evaluation import embedding
   from asl_jax.models import resnet
   model = inference_model(run.config)
   variables = {"params": run.params, "batch_stats": run.batch_stats}
-  unit = lambda d: d / jnp.maximum(jnp.linalg.norm(d, axis=-1, keepdims=True), 1e-12)
 
   def apply(images):
     return model.apply(variables, resnet.images_to_input(images), train=False)
 
-  def fn(images):
-    aux = apply(images)
-    d = unit(aux["descriptor"])
-    if run.flip_average:  # As embedding.make_embed_fn: the mean of the two unit descriptors.
-      d = unit(d + unit(apply(images[:, :, ::-1])["descriptor"]))
-    return d, jnp.linalg.norm(aux["gate_feature"], axis=-1)
-  return fn
+  return lambda images: embedding.outputs(apply, images, run.flip_average,
+                                          run.gate_flip_average)
 
 
 def export(run, path: str, opset: int = 23):
@@ -82,7 +78,8 @@ def export(run, path: str, opset: int = 23):
   del proto.graph.value_info[:]
   meta = {"image_size": str(size), "input": f"uint8 RGB [batch, {size}, {size}, 3]",
           "resize": f"bilinear to {size}x{size}, aspect not kept (as the run's evaluation)",
-          "flip_average": str(run.flip_average), "step": str(run.step),
+          "flip_average": str(run.flip_average),
+          "gate_flip_average": str(run.gate_flip_average), "step": str(run.step),
           "config": run.config.to_json()}
   for key, value in meta.items():
     entry = proto.metadata_props.add()

@@ -185,6 +185,7 @@ def evaluation() -> ml_collections.ConfigDict:
   e.num_workers = -1              # Grain processes decoding the images: -1 = one per core on an
                                   # accelerator host, none on a CPU-only one; 0 = threads here.
   e.flip_average = False          # Descriptor = mean of the image's and its mirror's.
+  e.gate_flip_average = False     # Gate norm = geometric mean of the image's and its mirror's.
   e.soft_gate_temperature = 0.1   # Soft gate (an extension): score x sigmoid(log ratio / T).
   e.decision = "verify_else_norm"  # Pairs kept (asl_jax/evaluation/decisions.py): norm (the
                                   # paper's gate) | calibrated_norm | verify | verify_else_norm |

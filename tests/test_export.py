@@ -3,11 +3,12 @@ descriptors and gate norms its evaluation computed."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
-from asl_jax import copy_edits, data, export
+from asl_jax import copy_edits, data, export, inference
 from asl_jax.evaluation import io
 
 pytest.importorskip("jax2onnx", reason="jax2onnx is not installed (pip install --no-deps "
@@ -43,6 +44,34 @@ def test_onnx_descriptors_match_the_runs_evaluation(tiny_run, tiny_builder, tmp_
   np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-5)
   assert np.sum(d * expected, axis=1).min() >= 0.9999
   np.testing.assert_allclose(g, [norms[i] for i in ids], rtol=1e-4)
+
+
+def test_a_flip_averaged_gate_norm_is_in_the_graph(tiny_run, tiny_builder, tmp_path, capsys):
+  """eval.gate_flip_average: the gate norm is the geometric mean of the
+  image's and its mirror's, in the evaluation's embedding and in the graph."""
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_run[0], workdir)
+  with open(workdir / "config.json") as f:
+    cfg = json.load(f)
+  cfg["eval"]["gate_flip_average"] = True
+  with open(workdir / "config.json", "w") as f:
+    json.dump(cfg, f)
+  path = str(tmp_path / "model.onnx")
+  assert export.main(["--workdir", str(workdir), "--out", path]) == 0
+  assert json.loads(capsys.readouterr().out)["gate_flip_average"] is True
+  src = data.source(tiny_builder, "references")
+  images = np.stack([copy_edits.resize(data.decode_image(src[i]["image"], src[i]), (40, 40))
+                     for i in range(8)])
+  plain = inference.load_run(tiny_run[0])
+  d_plain, g_own = plain.embed_batch(images)
+  _, g_mirror = plain.embed_batch(np.ascontiguousarray(images[:, :, ::-1]))
+  d, g = inference.load_run(str(workdir)).embed_batch(images)
+  np.testing.assert_allclose(g, np.sqrt(g_own * g_mirror), rtol=1e-5)
+  assert np.abs(g - g_own).max() > 1e-3 * g_own.mean()  # The mirror's norm differs.
+  np.testing.assert_allclose(d, d_plain, atol=1e-6)  # The descriptor is untouched.
+  session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+  _, g_onnx = session.run(["descriptor", "gate_norm"], {"images": images})
+  np.testing.assert_allclose(g_onnx, g, rtol=1e-4)
 
 
 def test_existing_output_is_kept(tiny_run, tmp_path, capsys):

@@ -86,21 +86,30 @@ def _plan(n: int, batch: int, process: int, processes: int) -> np.ndarray:
   return np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
 
 
-def make_embed_fn(model, mesh, flip_average: bool = False):
-  """(descriptors, gate norms) of a batch. flip_average: the descriptor is
-  the mean of the image's and its mirror image's (test-time augmentation:
-  horizontal flips are a common copy edit); the gate norm is the image's own."""
+def outputs(apply, images, flip_average: bool = False, gate_flip_average: bool = False):
+  """(unit descriptors, gate norms) of a batch, `apply` being the model in
+  inference mode on uint8 images. flip_average: the descriptor is the mean
+  of the image's and its mirror image's unit descriptors (test-time
+  augmentation: horizontal flips are a common copy edit); gate_flip_average:
+  the gate norm is the geometric mean of theirs, else the image's own."""
+  unit = lambda d: d / jnp.maximum(jnp.linalg.norm(d, axis=-1, keepdims=True), 1e-12)
+  aux = apply(images)
+  d, g = unit(aux["descriptor"]), jnp.linalg.norm(aux["gate_feature"], axis=-1)
+  if flip_average or gate_flip_average:
+    mirror = apply(images[:, :, ::-1])
+    if flip_average:
+      d = unit(d + unit(mirror["descriptor"]))
+    if gate_flip_average:
+      g = jnp.sqrt(g * jnp.linalg.norm(mirror["gate_feature"], axis=-1))
+  return d, g
+
+
+def make_embed_fn(model, mesh, flip_average: bool = False, gate_flip_average: bool = False):
+  """The jitted (params, batch_stats, images) -> `outputs`, sharded over `mesh`."""
   def embed(params, batch_stats, images):
     apply = lambda x: model.apply({"params": params, "batch_stats": batch_stats},
                                   resnet.images_to_input(x), train=False)
-    aux = apply(images)
-    d = aux["descriptor"]
-    d = d / jnp.maximum(jnp.linalg.norm(d, axis=-1, keepdims=True), 1e-12)
-    if flip_average:
-      m = apply(images[:, :, ::-1])["descriptor"]
-      d = d + m / jnp.maximum(jnp.linalg.norm(m, axis=-1, keepdims=True), 1e-12)
-      d = d / jnp.maximum(jnp.linalg.norm(d, axis=-1, keepdims=True), 1e-12)
-    return d, jnp.linalg.norm(aux["gate_feature"], axis=-1)
+    return outputs(apply, images, flip_average, gate_flip_average)
   return jax.jit(embed, in_shardings=(None, None, sharding.data_sharding(mesh)),
                  out_shardings=sharding.replicated(mesh))
 
