@@ -113,8 +113,8 @@ def _sscd_photos_recipe(c):
   descriptor's trunk and SSCD's head stay as imported, so the descriptor is
   the pretrained one and InfoNCE is off; the gate has its own copy of the
   trunk (model.gate_feature=gate_trunk, seeded from the same file) and one
-  linear layer, trained by the norm-ratio loss alone on 224 px views, the
-  copy at a tenth of the head's learning rate. Evaluation at 224 px with the
+  linear layer, trained by the norm-ratio loss alone on 224 px views: the
+  layer, and the copy's last stages at a tenth of its learning rate. Evaluation at 224 px with the
   decision (verify_else_norm + rescore). data.manual_dir and model.init_from
   are required."""
   _sscd_asl_head(c)
@@ -128,8 +128,13 @@ def _sscd_photos_recipe(c):
   # imported either way (training the shared trunk for the gate instead cost it 0.07 μAP).
   c.model.update(variant="mnv4s", last_stride=2, gate_feature="gate_trunk", gate_head_dims=(64,))
   c.loss.update(info_nce=0.0)
-  c.optim.update(trainable="model/gate_", learning_rate=1e-3, weight_decay=0.0,
-                 warmup_steps=10, lr_mults=(("model/gate_trunk_", 0.1),))
+  # What trains: the gate's linear layer, and of its trunk copy the last stages (the student's
+  # blocks 3-4, ResNet's layer3-4) and GeM; the earlier stages stay as imported. On photo_dev
+  # (in-sample, docs/results.md) the AUC was 0.895 this way against 0.864 training the whole
+  # copy, and 0.726 training only the earlier stages.
+  c.optim.update(trainable=r"model/gate_(fc|trunk_(blocks_[34]|layer[34]|gem))",
+                 learning_rate=1e-3, weight_decay=0.0, warmup_steps=10,
+                 lr_mults=(("model/gate_trunk_", 0.1),))
   c.train.update(total_steps=150, log_every=10, checkpoint_every=1000)
   c.eval.update(image_size=224, batch_size=64, flip_average=False)
   c.eval.score_norm.method = "none"  # A few hundred training photos: too few to normalise.
