@@ -24,7 +24,7 @@
       --config.model.init_from=<dir>/sscd_distilled.onnx
       ASL fine-tuning from SSCD's MobileNetV4 student on your photos, on the
       CPU: the pretrained descriptor is kept, a separate gate (its own copy
-      of the trunk and a linear layer) learns the norm ratio (every
+      of the trunk, whose last stages train, and a linear layer) learns the norm ratio (every
       destructive edit lowers the information amount), then evaluation with
       the decision. data.manual_dir and model.init_from
       are required. From SSCD's ResNet-50 instead: add
