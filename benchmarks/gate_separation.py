@@ -23,7 +23,8 @@ import sys
 
 import numpy as np
 
-from asl_jax import data, inference
+from asl_jax import cli, data, inference
+from asl_jax.errors import UserError
 from asl_jax.evaluation import decisions
 
 
@@ -35,8 +36,9 @@ def set_pairs(run):
   pairs += [(q, m["resembles_id"], False) for q, m in meta.items()
             if m["hard_negative_kind"] == "reverse_crop"]
   if not any(c for *_, c in pairs) or all(c for *_, c in pairs):
-    sys.exit("The run's evaluation set needs both copies and reverse-crop hard negatives "
-             "(queries.csv kinds copy and hard_negative/reverse_crop).")
+    raise UserError(f"{run.workdir}: its evaluation set needs both copies and reverse-crop "
+                    "hard negatives (queries.csv kinds copy and hard_negative/reverse_crop) "
+                    "for this measurement.")
   return pairs
 
 
@@ -57,13 +59,24 @@ def row(name, log_ratio, is_copy, max_copy_drop) -> dict:
           "best_removes_reverse_crops": best}
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--workdir", required=True)
-  p.add_argument("--sizes", default="224,288", help="Embedding sides, comma-separated.")
+def parse(argv=None) -> argparse.Namespace:
+  p = cli.parser("benchmarks/gate_separation.py", __doc__)
+  p.add_argument("--workdir", required=True, help="A finished asl_jax run.")
+  p.add_argument("--sizes", type=cli.comma_list, default="224,288",
+                 help="Embedding sides, comma-separated.")
   p.add_argument("--max_copy_drop", type=float, default=0.1)
   p.add_argument("--json", action="store_true", help="Print the rows as JSON too.")
   args = p.parse_args(argv)
+  try:
+    args.sizes = [int(s) for s in args.sizes]
+  except ValueError:
+    p.error(f"--sizes {','.join(args.sizes)}: give whole numbers of pixels, e.g. 224,288")
+  if not 0 <= args.max_copy_drop < 1:
+    p.error(f"--max_copy_drop {args.max_copy_drop}: give a share in [0, 1)")
+  return args
+
+
+def measure(args):
   run = inference.load_run(args.workdir)
   pairs = set_pairs(run)
   (q_src, q_ids), (r_src, r_ids) = (inference.split_source(run, s)
@@ -74,7 +87,7 @@ def main(argv=None) -> int:
   r_idx = np.array([ri[r] for _, r, _ in pairs])
   is_copy = np.array([c for *_, c in pairs])
   rows, flipped = [], []
-  for size in (int(s) for s in args.sizes.split(",")):
+  for size in args.sizes:
     for flip in (False, True):
       lq, lr = log_norms(run, q_src, size, flip), log_norms(run, r_src, size, flip)
       ratio = lq[q_idx] - lr[r_idx]
@@ -83,7 +96,7 @@ def main(argv=None) -> int:
       if flip:
         flipped.append(ratio)
   if len(flipped) > 1:
-    rows.append(row(f"{args.sizes} px, mirror-averaged, mean log ratio",
+    rows.append(row(f"{','.join(map(str, args.sizes))} px, mirror-averaged, mean log ratio",
                     np.mean(flipped, 0), is_copy, args.max_copy_drop))
   print(f"{run.workdir} (step {run.step}): {int(is_copy.sum())} copy pairs, "
         f"{int((~is_copy).sum())} reverse-crop pairs")
@@ -97,6 +110,11 @@ def main(argv=None) -> int:
   if args.json:
     print(json.dumps(rows))
   return 0
+
+
+def main(argv=None) -> int:
+  """Returns the exit status (cli.status: a bad input is one paragraph and 2)."""
+  return cli.run_command(measure, parse, argv)
 
 
 if __name__ == "__main__":
