@@ -1,0 +1,41 @@
+"""benchmarks/gate_separation.py: its AUC at the run's own evaluation size is
+the figure the run's evaluation reported (norm_diagnostics.set_pairs)."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from conftest import ROOT
+
+
+def _module():
+  spec = importlib.util.spec_from_file_location(
+      "gate_separation", os.path.join(ROOT, "benchmarks", "gate_separation.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_separation_at_the_evaluation_size_is_the_runs_own(tiny_run, capsys):
+  workdir, config = tiny_run
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    reported = json.load(f)["norm_diagnostics"]["set_pairs"]
+  size = config.eval.image_size
+  assert _module().main(["--workdir", workdir, "--sizes", f"{size},{size + 8}", "--json"]) == 0
+  out = capsys.readouterr().out
+  rows = json.loads(out.strip().splitlines()[-1])
+  assert [r["setting"] for r in rows] == [
+      f"{size} px", f"{size} px, mirror-averaged", f"{size + 8} px",
+      f"{size + 8} px, mirror-averaged", f"{size},{size + 8} px, mirror-averaged, mean log ratio"]
+  assert rows[0]["auc"] == pytest.approx(reported, abs=1e-9)
+  for r in rows:
+    assert 0 <= r["paper_removes_copies"] <= 1 and 0 <= r["best_removes_reverse_crops"] <= 1
+    if r["paper_removes_copies"] <= 0.1:  # The paper's threshold is one of those tried.
+      assert r["best_removes_reverse_crops"] >= r["paper_removes_reverse_crops"]
+
+
+def test_a_workdir_that_is_no_run_is_one_paragraph(tmp_path, capsys):
+  assert _module().main(["--workdir", str(tmp_path)]) == 2
+  assert "config.json does not exist" in capsys.readouterr().err
