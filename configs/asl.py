@@ -137,8 +137,7 @@ def _sscd_photos_recipe(c):
                  weight_decay=0.0, warmup_steps=10, lr_mults=(("model/gate_trunk_", 0.1),))
   c.train.update(total_steps=150, log_every=10, checkpoint_every=1000)
   # The gate norm averaged with its mirror image's: AUC +0.003 to +0.017 in 8 of 11 runs, -0.005
-  # to -0.008 in the other 3
-  # (docs/results.md).
+  # to -0.008 in the other 3 (docs/results.md).
   c.eval.update(image_size=224, batch_size=64, flip_average=False, gate_flip_average=True)
   c.eval.score_norm.method = "none"  # A few hundred training photos: too few to normalise.
   c.required_fields = ("data.manual_dir", "model.init_from")
