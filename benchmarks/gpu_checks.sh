@@ -83,7 +83,7 @@ echo "== budgeted steps took $((SECONDS - start)) s"
 
 # == photos: SSCD's ResNet-50 (sscd.onnx) on a real-photo ICD set in the DISC21 layout, side by
 # side with the CPU recipe's student: evaluated as imported, then ASL fine-tuning (the gate's own
-# trunk, its last stages trained, as configs/asl.py:sscd_photos; and the whole model at two
+# trunk, its last blocks trained, as configs/asl.py:sscd_photos; and the whole model at two
 # learning rates). The set and the file are given as PHOTOS_DIR and SSCD_ONNX (absent:
 # skipped); each run has its own timeout.
 photos=${PHOTOS_DIR:-}; sscd=${SSCD_ONNX:-}

@@ -24,7 +24,7 @@
       --config.model.init_from=<dir>/sscd_distilled.onnx
       ASL fine-tuning from SSCD's MobileNetV4 student on your photos, on the
       CPU: the pretrained descriptor is kept, a separate gate (its own copy
-      of the trunk, whose last stages train, and a linear layer) learns the norm ratio (every
+      of the trunk, whose last blocks train, and a linear layer) learns the norm ratio (every
       destructive edit lowers the information amount), then evaluation with
       the decision. data.manual_dir and model.init_from
       are required. From SSCD's ResNet-50 instead: add
@@ -114,7 +114,8 @@ def _sscd_photos_recipe(c):
   the pretrained one and InfoNCE is off; the gate has its own copy of the
   trunk (model.gate_feature=gate_trunk, seeded from the same file) and one
   linear layer, trained by the norm-ratio loss alone on 224 px views: the
-  layer, and the copy's last stages at a tenth of its learning rate. Evaluation at 224 px with the
+  layer, and the copy's last blocks at a tenth of its learning rate; the gate
+  norm is averaged with the mirror image's. Evaluation at 224 px with the
   decision (verify_else_norm + rescore). data.manual_dir and model.init_from
   are required."""
   _sscd_asl_head(c)
