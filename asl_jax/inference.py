@@ -50,8 +50,7 @@ class Run:
   @functools.cached_property
   def _embed_fn(self):
     from asl_jax.evaluation import embedding
-    return embedding.make_embed_fn(self.model, sharding.make_mesh(), self.flip_average,
-                                   self.gate_flip_average)
+    return embedding.make_embed_fn(self.model, sharding.make_mesh(), self.config.eval)
 
   def embed(self, source, name: str = "", log=print) -> tuple[np.ndarray, np.ndarray]:
     """(descriptors [n, d], gate norms [n]) of every record of `source` (a

@@ -53,8 +53,7 @@ def inference_fn(run):
   def apply(images):
     return model.apply(variables, resnet.images_to_input(images), train=False)
 
-  return lambda images: embedding.outputs(apply, images, run.flip_average,
-                                          run.gate_flip_average)
+  return lambda images: embedding.outputs(apply, images, run.config.eval)
 
 
 def export(run, path: str, opset: int = 23):

@@ -18,9 +18,11 @@ of reverse crops that any threshold removes while removing at most
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 
+import ml_collections
 import numpy as np
 
 from asl_jax import cli, data, inference
@@ -44,9 +46,9 @@ def set_pairs(run):
 
 def log_norms(run, source, size: int, flip: bool) -> np.ndarray:
   """log gate norms of every record, embedded square at `size`."""
-  run.config.eval.update(image_size=size, resize="square", gate_flip_average=flip)
-  run.__dict__.pop("_embed_fn", None)  # Rebuilt for these settings.
-  return np.log(run.embed(source, log=lambda *_: None)[1])
+  config = ml_collections.ConfigDict(run.config.to_dict())
+  config.eval.update(image_size=size, resize="square", gate_flip_average=flip)
+  return np.log(dataclasses.replace(run, config=config).embed(source, log=lambda *_: None)[1])
 
 
 def row(name, log_ratio, is_copy, max_copy_drop) -> dict:

@@ -64,8 +64,7 @@ def bench_embed_files(config, num_images: int, workers_list, size=(640, 480),
   model, _ = train.build_modules(config, 1)
   state = train.init_state(model, None, train.make_optimizer(config.optim, 10)[0], config,
                            jax.random.key(0), mesh)
-  embed = embedding.make_embed_fn(model, mesh, config.eval.flip_average,
-                                  config.eval.gate_flip_average)
+  embed = embedding.make_embed_fn(model, mesh, config.eval)
   image_size = embedding.embedding_size(config)
   rows = []
   with tempfile.TemporaryDirectory(prefix="asl_embed_files_") as folder:

@@ -66,8 +66,7 @@ def bench_embed(config, steps, warmup):
   model, _ = train.build_modules(config, 1)
   config_state = train.init_state(model, None, train.make_optimizer(config.optim, 10)[0],
                                   config, jax.random.key(0), mesh)
-  embed = embedding.make_embed_fn(model, mesh, config.eval.flip_average,
-                                  config.eval.gate_flip_average)
+  embed = embedding.make_embed_fn(model, mesh, config.eval)
   n = max(config.eval.batch_size // jax.device_count(), 1) * jax.device_count()
   images = sharding.global_batch(
       np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8), mesh)

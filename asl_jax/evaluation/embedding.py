@@ -86,12 +86,15 @@ def _plan(n: int, batch: int, process: int, processes: int) -> np.ndarray:
   return np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
 
 
-def outputs(apply, images, flip_average: bool = False, gate_flip_average: bool = False):
+def outputs(apply, images, eval_config=None):
   """(unit descriptors, gate norms) of a batch, `apply` being the model in
-  inference mode on uint8 images. flip_average: the descriptor is the mean
-  of the image's and its mirror image's unit descriptors (test-time
-  augmentation: horizontal flips are a common copy edit); gate_flip_average:
-  the gate norm is the geometric mean of theirs, else the image's own."""
+  inference mode on uint8 images. With `eval_config` (a run's config.eval;
+  None: neither): flip_average, the descriptor is the mean of the image's and
+  its mirror image's unit descriptors (test-time augmentation: horizontal
+  flips are a common copy edit); gate_flip_average, the gate norm is the
+  geometric mean of theirs, else the image's own."""
+  flip_average = bool(eval_config and eval_config.flip_average)
+  gate_flip_average = bool(eval_config and eval_config.gate_flip_average)
   unit = lambda d: d / jnp.maximum(jnp.linalg.norm(d, axis=-1, keepdims=True), 1e-12)
   aux = apply(images)
   d, g = unit(aux["descriptor"]), jnp.linalg.norm(aux["gate_feature"], axis=-1)
@@ -104,12 +107,13 @@ def outputs(apply, images, flip_average: bool = False, gate_flip_average: bool =
   return d, g
 
 
-def make_embed_fn(model, mesh, flip_average: bool = False, gate_flip_average: bool = False):
-  """The jitted (params, batch_stats, images) -> `outputs`, sharded over `mesh`."""
+def make_embed_fn(model, mesh, eval_config=None):
+  """The jitted (params, batch_stats, images) -> `outputs` (with
+  `eval_config`'s flip averaging), sharded over `mesh`."""
   def embed(params, batch_stats, images):
     apply = lambda x: model.apply({"params": params, "batch_stats": batch_stats},
                                   resnet.images_to_input(x), train=False)
-    return outputs(apply, images, flip_average, gate_flip_average)
+    return outputs(apply, images, eval_config)
   return jax.jit(embed, in_shardings=(None, None, sharding.data_sharding(mesh)),
                  out_shardings=sharding.replicated(mesh))
 

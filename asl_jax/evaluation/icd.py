@@ -114,8 +114,7 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
   (default: `builder`).
   """
   mesh = sharding.make_mesh()
-  embed_fn = embedding.make_embed_fn(model, mesh, config.eval.flip_average,
-                                     config.eval.gate_flip_average)
+  embed_fn = embedding.make_embed_fn(model, mesh, config.eval)
   size, bs = embedding.embedding_size(config), config.eval.batch_size
   workers = embedding.eval_workers(config.eval.num_workers)
   io_kw = {"num_workers": workers, "num_threads": 2 if workers else 4}
