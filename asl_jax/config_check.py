@@ -64,6 +64,15 @@ def _pair(lo, hi):
   return check, f"two numbers (low, high) with {lo} <= low <= high <= {hi}"
 
 
+def _gate_sizes():
+  def check(v):
+    return (isinstance(v, (tuple, list))
+            and all(isinstance(x, int) and not isinstance(x, bool) and 32 <= x <= 4096
+                    for x in v))
+  return check, ("a tuple of square sides in pixels, each 32-4096, e.g. (192,224,256,288); "
+                 "() for the embedding size alone")
+
+
 def _dims():
   def check(v):
     return (isinstance(v, (tuple, list)) and len(v) == 2
@@ -153,6 +162,7 @@ RULES = {
     "eval.rescore": _num(0),
     "eval.flip_average": _one_of(True, False),
     "eval.gate_flip_average": _one_of(True, False),
+    "eval.gate_sizes": _gate_sizes(),
     "eval.calibration.num_images": _int(0),
     "eval.calibration.max_copy_drop": _num(0, 1, hi_open=True),
     "eval.verify.max_side": _int(32), "eval.verify.num_features": _int(10),

@@ -73,6 +73,7 @@ def run(args, log=print) -> dict:
           "step": model_run.step, "image_size": model_run.image_size,
           "flip_average": model_run.flip_average,
           "gate_flip_average": model_run.gate_flip_average,
+          "gate_sizes": list(model_run.gate_sizes),
           "skipped": len(skipped), "skipped_files": [vars(s) for s in skipped]}
 
 

@@ -7,7 +7,9 @@ side, is printed and kept in the model's metadata as `image_size`; resize to
 it bilinearly, aspect not kept, as the run's evaluation does) and outputs
 `descriptor` (float32 [batch, d], unit length, mirror-averaged when the run's
 evaluation is) and `gate_norm` (float32 [batch]); asl_jax/onnx_export.py says
-how. Unless --nocheck, onnxruntime then runs the file on a few images and the
+how. A run with eval.gate_sizes takes the same images resized square to each
+gate size too (inputs `gate_images_<S>`), whose gate norms are averaged.
+Unless --nocheck, onnxruntime then runs the file on a few images and the
 agreement with the JAX model is printed (and a disagreement is an error).
 Needs jax2onnx, installed without its pinned dependencies (the error says how).
 """
@@ -44,9 +46,13 @@ def check(run, path: str, num_images: int = 4, seed: int = 0) -> dict:
   coarse = rng.integers(0, 256, (num_images, 6, 6, 3), dtype=np.uint8)
   images = np.stack([np.asarray(Image.fromarray(c).resize((s, s), Image.BILINEAR))
                      for c in coarse])
+  from asl_jax import onnx_export
+  from asl_jax.evaluation import embedding
+  gate_images = embedding.gate_inputs(images, run.gate_sizes)
   session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-  d_onnx, g_onnx = session.run(["descriptor", "gate_norm"], {"images": images})
-  d_jax, g_jax = run.embed_batch(images)
+  d_onnx, g_onnx = session.run(["descriptor", "gate_norm"], dict(
+      zip(onnx_export.input_names(run), [images, *gate_images])))
+  d_jax, g_jax = run.embed_batch(images, gate_images)
   cosine = np.sum(d_onnx * d_jax, axis=1)
   return {"images": num_images, "min_cosine": float(cosine.min()),
           "max_gate_norm_relative_difference": float(
@@ -67,8 +73,10 @@ def run(args, log=print) -> dict:
   out = {"out": args.out, "step": model_run.step, "image_size": model_run.image_size,
          "flip_average": model_run.flip_average,
          "gate_flip_average": model_run.gate_flip_average,
-         "inputs": {"images": f"uint8 [batch, {model_run.image_size}, "
-                              f"{model_run.image_size}, 3]"},
+         "gate_sizes": list(model_run.gate_sizes),
+         "inputs": {name: f"uint8 [batch, {s}, {s}, 3]" for name, s in zip(
+             onnx_export.input_names(model_run),
+             (model_run.image_size,) + model_run.gate_sizes)},
          "outputs": {"descriptor": f"float32 [batch, {model_run.config.model.descriptor_dim}]",
                      "gate_norm": "float32 [batch]"}}
   if args.check:

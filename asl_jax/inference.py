@@ -64,13 +64,24 @@ class Run:
                                  self.config.eval.batch_size, sharding.make_mesh(), name, log,
                                  resize=self.config.eval.resize)
 
-  def embed_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  @property
+  def gate_sizes(self) -> tuple[int, ...]:
+    from asl_jax.evaluation import embedding
+    return embedding.gate_sizes(self.config.eval)
+
+  def embed_batch(self, images: np.ndarray, gate_images=None) -> tuple[np.ndarray, np.ndarray]:
     """(descriptors, gate norms) of uint8 images [n, S, S, 3] already at the
-    embedding side, in one call of the evaluation's embedding function."""
+    embedding side, in one call of the evaluation's embedding function. With
+    eval.gate_sizes, `gate_images` are the same images at each gate size
+    (default: `images` resized to them, embedding.gate_inputs)."""
+    from asl_jax.evaluation import embedding
+    if gate_images is None:
+      gate_images = embedding.gate_inputs(images, self.gate_sizes)
     n, pad = len(images), (-len(images)) % jax.device_count()
-    images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+    padded = tuple(np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+                   for x in [images, *gate_images])
     d, g = self._embed_fn(self.params, self.batch_stats,
-                          sharding.global_batch(images, sharding.make_mesh()))
+                          *sharding.global_batch(padded, sharding.make_mesh()))
     return np.asarray(d)[:n], np.asarray(g)[:n]
 
 

@@ -10,7 +10,10 @@ statistics), the mirror-image average when the run's evaluation uses it
 [batch, d] (unit length) and `gate_norm` float32 [batch] (the norm of the
 gate feature). Resizing stays outside, as the run's evaluation resizes:
 bilinear to S x S, aspect not kept (`copy_edits.resize`); the side is in the
-model's metadata (`image_size`).
+model's metadata (`image_size`). With eval.gate_sizes the graph takes the
+same images resized to each gate size too (`gate_images_<S>`, metadata
+`gate_sizes`), and `gate_norm` is the geometric mean of their gate norms, as
+the run's evaluation computes it.
 
 What is exported is the inference function, written for it: the model is
 rebuilt with plain XLA convolutions (model.small_conv=xla, model.conv_grad=xla,
@@ -53,7 +56,8 @@ def inference_fn(run):
   def apply(images):
     return model.apply(variables, resnet.images_to_input(images), train=False)
 
-  return lambda images: embedding.outputs(apply, images, run.config.eval)
+  return lambda images, *gate_images: embedding.outputs(apply, images, run.config.eval,
+                                                        gate_images)
 
 
 def export(run, path: str, opset: int = 23):
@@ -68,8 +72,9 @@ def export(run, path: str, opset: int = 23):
   size = run.image_size
   (batch,) = jax.export.symbolic_shape("batch")
   proto = jax2onnx.to_onnx(
-      inference_fn(run), [jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)],
-      model_name="asl_jax_copy_detector", opset=opset, input_names=["images"],
+      inference_fn(run), [jax.ShapeDtypeStruct((batch, s, s, 3), jnp.uint8)
+                          for s in (size,) + run.gate_sizes],
+      model_name="asl_jax_copy_detector", opset=opset, input_names=input_names(run),
       output_names=["descriptor", "gate_norm"])
   # jax2onnx's intermediate shape annotations can carry its NCHW/NHWC
   # bookkeeping wrongly (onnxruntime then warns and merges leniently); the
@@ -78,7 +83,8 @@ def export(run, path: str, opset: int = 23):
   meta = {"image_size": str(size), "input": f"uint8 RGB [batch, {size}, {size}, 3]",
           "resize": f"bilinear to {size}x{size}, aspect not kept (as the run's evaluation)",
           "flip_average": str(run.flip_average),
-          "gate_flip_average": str(run.gate_flip_average), "step": str(run.step),
+          "gate_flip_average": str(run.gate_flip_average),
+          "gate_sizes": ",".join(map(str, run.gate_sizes)), "step": str(run.step),
           "config": run.config.to_json()}
   for key, value in meta.items():
     entry = proto.metadata_props.add()
@@ -88,6 +94,12 @@ def export(run, path: str, opset: int = 23):
     f.write(proto.SerializeToString())
   os.replace(tmp, path)
   return proto
+
+
+def input_names(run) -> list[str]:
+  """The graph's inputs: `images` at the embedding side, then with
+  eval.gate_sizes `gate_images_<S>`, the same images resized to S x S."""
+  return ["images"] + [f"gate_images_{s}" for s in run.gate_sizes]
 
 
 def metadata(proto) -> dict:

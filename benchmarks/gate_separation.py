@@ -1,7 +1,8 @@
 """How well a run's gate norm tells its evaluation set's copies from its
 reverse crops, at several embedding sizes, with the image's own gate norm
-and with the mirror-averaged one (eval.gate_flip_average), and with the
-sizes' log norms averaged.
+and with the mirror-averaged one (eval.gate_flip_average), and averaged
+over all the sizes as eval.gate_sizes averages (each image decoded once for
+the largest and resized to each).
 
   python benchmarks/gate_separation.py --workdir RUN [--sizes 224,288] [--max_copy_drop 0.1]
 
@@ -44,10 +45,12 @@ def set_pairs(run):
   return pairs
 
 
-def log_norms(run, source, size: int, flip: bool) -> np.ndarray:
-  """log gate norms of every record, embedded square at `size`."""
+def log_norms(run, source, size: int, flip: bool, gate_sizes=()) -> np.ndarray:
+  """log gate norms of every record, embedded square at `size` (with
+  `gate_sizes`, averaged over those sides as eval.gate_sizes averages)."""
   config = ml_collections.ConfigDict(run.config.to_dict())
-  config.eval.update(image_size=size, resize="square", gate_flip_average=flip)
+  config.eval.update(image_size=size, resize="square", gate_flip_average=flip,
+                     gate_sizes=tuple(gate_sizes))
   return np.log(dataclasses.replace(run, config=config).embed(source, log=lambda *_: None)[1])
 
 
@@ -88,18 +91,17 @@ def measure(args):
   q_idx = np.array([qi[q] for q, _, _ in pairs])
   r_idx = np.array([ri[r] for _, r, _ in pairs])
   is_copy = np.array([c for *_, c in pairs])
-  rows, flipped = [], []
+  rows = []
   for size in args.sizes:
     for flip in (False, True):
       lq, lr = log_norms(run, q_src, size, flip), log_norms(run, r_src, size, flip)
-      ratio = lq[q_idx] - lr[r_idx]
-      rows.append(row(f"{size} px{', mirror-averaged' if flip else ''}", ratio, is_copy,
-                      args.max_copy_drop))
-      if flip:
-        flipped.append(ratio)
-  if len(flipped) > 1:
-    rows.append(row(f"{','.join(map(str, args.sizes))} px, mirror-averaged, mean log ratio",
-                    np.mean(flipped, 0), is_copy, args.max_copy_drop))
+      rows.append(row(f"{size} px{', mirror-averaged' if flip else ''}",
+                      lq[q_idx] - lr[r_idx], is_copy, args.max_copy_drop))
+  if len(args.sizes) > 1:
+    sizes = tuple(args.sizes)
+    lq, lr = (log_norms(run, src, run.image_size, True, sizes) for src in (q_src, r_src))
+    rows.append(row(f"{','.join(map(str, sizes))} px, mirror-averaged (eval.gate_sizes)",
+                    lq[q_idx] - lr[r_idx], is_copy, args.max_copy_drop))
   print(f"{run.workdir} (step {run.step}): {int(is_copy.sum())} copy pairs, "
         f"{int((~is_copy).sum())} reverse-crop pairs")
   print(f"| setting | AUC | paper's threshold removes copies / reverse crops | most reverse "

@@ -186,6 +186,8 @@ def evaluation() -> ml_collections.ConfigDict:
                                   # accelerator host, none on a CPU-only one; 0 = threads here.
   e.flip_average = False          # Descriptor = mean of the image's and its mirror's.
   e.gate_flip_average = False     # Gate norm = geometric mean of the image's and its mirror's.
+  e.gate_sizes = ()               # Square sides: gate norm = geometric mean of the image's gate
+                                  # norms resized to each from its original; () = image_size.
   e.soft_gate_temperature = 0.1   # Soft gate (an extension): score x sigmoid(log ratio / T).
   e.decision = "verify_else_norm"  # Pairs kept (asl_jax/evaluation/decisions.py): norm (the
                                   # paper's gate) | calibrated_norm | verify | verify_else_norm |

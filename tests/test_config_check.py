@@ -27,6 +27,9 @@ from conftest import ROOT, load_config, tiny_config
     ("model.gate_head_dims", (64, 0), "model.gate_head_dims=\\(64, 0\\) is not allowed: it "
      "must be one or more positive integers"),
     ("model.gate_head_dims", (), "model.gate_head_dims=\\(\\) is not allowed"),
+    ("eval.gate_sizes", (224, 16), "eval.gate_sizes=\\(224, 16\\) is not allowed: it must "
+     "be a tuple of square sides in pixels, each 32-4096"),
+    ("eval.gate_sizes", ("224",), "eval.gate_sizes=\\('224',\\) is not allowed"),
 ])
 def test_bad_fields_are_named_before_any_work(tmp_path, field, value, match):
   c = load_config()

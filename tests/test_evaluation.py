@@ -357,3 +357,37 @@ def test_short_side_resize_groups_by_shape_and_keeps_order():
     resized = embedding.copy_edits.resize(image, shape)
     np.testing.assert_allclose(desc[i], [*shape, resized.mean()], rtol=1e-5)
     assert norms[i] == pytest.approx(resized.mean(), rel=1e-5)
+
+
+def test_training_view_norms_take_the_gate_sizes_from_views_made_at_the_largest(
+    tiny_builder, data_dir, monkeypatch):
+  """eval.gate_sizes in the calibration's and diagnostics' view norms
+  (icd.view_norms): the views are made at the largest of the embedding side
+  and the gate sizes, and each size's input is that view resized to it."""
+  import types
+  from asl_jax import data, sharding
+  from asl_jax.evaluation import embedding, icd
+  from conftest import tiny_config
+  from asl_jax import input_pipeline
+  seen, made = [], []
+  make_views = input_pipeline.make_views
+
+  def spy(image, rng, spec, *args, **kwargs):
+    made.append(spec.image_size)
+    return make_views(image, rng, spec, *args, **kwargs)
+  monkeypatch.setattr(input_pipeline, "make_views", spy)
+
+  def fn(params, stats, images, *gate_images):
+    seen.append([x.shape for x in (images, *gate_images)])
+    # The gate "norm": the mean of the largest input (the view as made).
+    return np.zeros((len(images), 1)), np.asarray(gate_images[-1]).reshape(
+        len(images), -1).mean(1) + 1.0
+  embed_fn = embedding.EmbedFn(fn, (24, 64))
+  config = tiny_config(data_dir)
+  state = types.SimpleNamespace(params={"model": None}, batch_stats=None)
+  norms = icd.view_norms(embed_fn, state, data.source(tiny_builder, "train"), config, 40,
+                         sharding.make_mesh(), 6)
+  assert norms.shape == (6, 2) and np.all(norms > 1.0) and set(made) == {64}
+  assert {tuple(tuple(s[1:]) for s in shapes) for shapes in seen} == {
+      ((40, 40, 3), (24, 24, 3), (64, 64, 3))}
+  assert np.abs(norms[:, 0] - norms[:, 1]).max() > 1.0  # Sources and their views differ.

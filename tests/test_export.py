@@ -74,6 +74,50 @@ def test_a_flip_averaged_gate_norm_is_in_the_graph(tiny_run, tiny_builder, tmp_p
   np.testing.assert_allclose(g_onnx, g, rtol=1e-4)
 
 
+def test_gate_sizes_average_the_gate_norm_over_sides_in_the_embedding_and_the_graph(
+    tiny_run, tiny_builder, tmp_path, capsys):
+  """eval.gate_sizes: the gate norm is the geometric mean of the image's
+  gate norms at each side (each image resized to it from its decoded
+  original; mirror-averaged with gate_flip_average), in the run's embedding of
+  records and of arrays and in the exported graph (one input per side); the
+  descriptor is the one at the embedding side."""
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_run[0], workdir)
+  with open(workdir / "config.json") as f:
+    cfg = json.load(f)
+  cfg["eval"].update(gate_sizes=[32, 56], gate_flip_average=True)
+  with open(workdir / "config.json", "w") as f:
+    json.dump(cfg, f)
+  path = str(tmp_path / "model.onnx")
+  assert export.main(["--workdir", str(workdir), "--out", path]) == 0
+  summary = json.loads(capsys.readouterr().out)
+  assert summary["gate_sizes"] == [32, 56]
+  assert list(summary["inputs"]) == ["images", "gate_images_32", "gate_images_56"]
+  src = data.source(tiny_builder, "references")
+  n = 8
+  originals = [np.asarray(data.decode_pil(src[i]["image"], src[i], min_size=56))
+               for i in range(n)]
+  at = lambda s: np.stack([copy_edits.resize(x, (s, s)) for x in originals])
+  plain = inference.load_run(tiny_run[0])  # No gate sizes, no mirror.
+
+  def flipped_gate(images):
+    return np.sqrt(plain.embed_batch(images)[1]
+                   * plain.embed_batch(np.ascontiguousarray(images[:, :, ::-1]))[1])
+  expected = np.sqrt(flipped_gate(at(32)) * flipped_gate(at(56)))
+  assert np.abs(expected / flipped_gate(at(40)) - 1).max() > 1e-3  # The sides matter.
+  sized = inference.load_run(str(workdir))
+  d, g = sized.embed(src, log=lambda *_: None)
+  np.testing.assert_allclose(g[:n], expected, rtol=1e-4)
+  np.testing.assert_allclose(d[:n], plain.embed_batch(at(40))[0], atol=1e-5)
+  d_arr, g_arr = sized.embed_batch(at(40), [at(32), at(56)])
+  np.testing.assert_allclose(g_arr, expected, rtol=1e-4)
+  session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+  d_onnx, g_onnx = session.run(["descriptor", "gate_norm"], {
+      "images": at(40), "gate_images_32": at(32), "gate_images_56": at(56)})
+  np.testing.assert_allclose(g_onnx, expected, rtol=1e-4)
+  assert np.sum(d_onnx * d_arr, axis=1).min() >= 0.9999
+
+
 def test_existing_output_is_kept(tiny_run, tmp_path, capsys):
   out = tmp_path / "model.onnx"
   out.write_bytes(b"older model")

@@ -25,20 +25,33 @@ def embedding_size(config) -> int:
   return int(config.eval.image_size or config.data.image_size)
 
 
-class _LoadForEval(grain.transforms.Map):
-  """Record index (or -1 for padding) -> uint8 image resized to `shape` (h, w)."""
+def gate_sizes(eval_config) -> tuple[int, ...]:
+  """eval.gate_sizes: the square sides whose gate norms are averaged
+  (geometric mean), each image resized to them from its decoded original;
+  () for the gate norm at the embedding shape alone."""
+  return tuple(int(s) for s in (eval_config.get("gate_sizes", ()) if eval_config else ()))
 
-  def __init__(self, source, shape):
-    self.source, self.shape = source, tuple(shape)
+
+class _LoadForEval(grain.transforms.Map):
+  """Record index (or -1 for padding) -> uint8 image resized to `shape` (h, w),
+  and with `gate_sizes` a tuple: that image, then the same original resized
+  square to each gate size."""
+
+  def __init__(self, source, shape, gate_sizes=()):
+    self.source, self.shape, self.gate_sizes = source, tuple(shape), tuple(gate_sizes)
 
   def map(self, index):
+    shapes = [self.shape] + [(s, s) for s in self.gate_sizes]
     if index < 0:
-      return np.zeros(self.shape + (3,), np.uint8)
-    record = self.source[int(index)]
-    # The JPEG decoder may scale by 1/2, 1/4 or 1/8 while both sides stay at
-    # least the embedding size: the same resize, a fraction of the decoding.
-    image = np.asarray(data.decode_pil(record["image"], record, min_size=max(self.shape)))
-    return copy_edits.resize(image, self.shape)
+      images = [np.zeros(s + (3,), np.uint8) for s in shapes]
+    else:
+      record = self.source[int(index)]
+      # The JPEG decoder may scale by 1/2, 1/4 or 1/8 while both sides stay at
+      # least the largest size wanted: the same resize, a fraction of the decoding.
+      image = np.asarray(data.decode_pil(record["image"], record,
+                                         min_size=max(max(s) for s in shapes)))
+      images = [copy_edits.resize(image, s) for s in shapes]
+    return tuple(images) if self.gate_sizes else images[0]
 
 
 RESIZE_MODES = ("square", "short_side")
@@ -86,36 +99,80 @@ def _plan(n: int, batch: int, process: int, processes: int) -> np.ndarray:
   return np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
 
 
-def outputs(apply, images, eval_config=None):
+def outputs(apply, images, eval_config=None, gate_images=()):
   """(unit descriptors, gate norms) of a batch, `apply` being the model in
   inference mode on uint8 images. With `eval_config` (a run's config.eval;
-  None: neither): flip_average, the descriptor is the mean of the image's and
-  its mirror image's unit descriptors (test-time augmentation: horizontal
-  flips are a common copy edit); gate_flip_average, the gate norm is the
-  geometric mean of theirs, else the image's own."""
+  None: none of these): flip_average, the descriptor is the mean of the
+  image's and its mirror image's unit descriptors (test-time augmentation:
+  horizontal flips are a common copy edit); gate_flip_average, each gate
+  norm is the geometric mean of the image's and its mirror image's;
+  gate_sizes, the gate norm is the geometric mean of those of `gate_images`
+  (the same images at each of eval.gate_sizes, `gate_sizes`), else the
+  image's own."""
   flip_average = bool(eval_config and eval_config.flip_average)
   gate_flip_average = bool(eval_config and eval_config.gate_flip_average)
+  if len(gate_images) != len(gate_sizes(eval_config)):
+    raise ValueError(f"{len(gate_images)} gate inputs for eval.gate_sizes "
+                     f"{gate_sizes(eval_config)}")
   unit = lambda d: d / jnp.maximum(jnp.linalg.norm(d, axis=-1, keepdims=True), 1e-12)
-  aux = apply(images)
-  d, g = unit(aux["descriptor"]), jnp.linalg.norm(aux["gate_feature"], axis=-1)
-  if flip_average or gate_flip_average:
-    mirror = apply(images[:, :, ::-1])
-    if flip_average:
-      d = unit(d + unit(mirror["descriptor"]))
+  norm = lambda aux: jnp.linalg.norm(aux["gate_feature"], axis=-1)
+
+  def gate_norm(x, aux, mirror=None):
+    g = norm(aux)
     if gate_flip_average:
-      g = jnp.sqrt(g * jnp.linalg.norm(mirror["gate_feature"], axis=-1))
+      g = jnp.sqrt(g * norm(apply(x[:, :, ::-1]) if mirror is None else mirror))
+    return g
+
+  aux = apply(images)
+  d = unit(aux["descriptor"])
+  # One mirror pass serves both averages (XLA drops whichever output goes unused).
+  mirror = apply(images[:, :, ::-1]) if flip_average or (
+      gate_flip_average and not gate_images) else None
+  if flip_average:
+    d = unit(d + unit(mirror["descriptor"]))
+  if gate_images:
+    logs = [jnp.log(jnp.maximum(gate_norm(x, apply(x)), 1e-30)) for x in gate_images]
+    g = jnp.exp(sum(logs) / len(logs))
+  else:
+    g = gate_norm(images, aux, mirror)
   return d, g
 
 
 def make_embed_fn(model, mesh, eval_config=None):
-  """The jitted (params, batch_stats, images) -> `outputs` (with
-  `eval_config`'s flip averaging), sharded over `mesh`."""
-  def embed(params, batch_stats, images):
+  """The jitted (params, batch_stats, images, *gate_images) -> `outputs`
+  (with `eval_config`'s flip averaging and gate sizes), sharded over `mesh`;
+  its `gate_sizes` attribute says which gate inputs it takes (`gate_inputs`
+  makes them from arrays, `embed_split` from records)."""
+  sizes = gate_sizes(eval_config)
+
+  def embed(params, batch_stats, images, *gate_images):
     apply = lambda x: model.apply({"params": params, "batch_stats": batch_stats},
                                   resnet.images_to_input(x), train=False)
-    return outputs(apply, images, eval_config)
-  return jax.jit(embed, in_shardings=(None, None, sharding.data_sharding(mesh)),
-                 out_shardings=sharding.replicated(mesh))
+    return outputs(apply, images, eval_config, gate_images)
+  data_sharding = sharding.data_sharding(mesh)
+  fn = jax.jit(embed, in_shardings=(None, None) + (data_sharding,) * (1 + len(sizes)),
+               out_shardings=sharding.replicated(mesh))
+  return EmbedFn(fn, sizes)
+
+
+class EmbedFn:
+  """A jitted embedding function and the gate sizes it takes inputs for."""
+
+  def __init__(self, fn, gate_sizes=()):
+    self.fn, self.gate_sizes = fn, tuple(gate_sizes)
+
+  def __call__(self, params, batch_stats, images, *gate_images):
+    return self.fn(params, batch_stats, images, *gate_images)
+
+  def lower(self, *args):
+    return self.fn.lower(*args)
+
+
+def gate_inputs(images: np.ndarray, sizes) -> list[np.ndarray]:
+  """uint8 images [n, h, w, 3] resized square to each of `sizes` (in-memory
+  images: training views, the export's check), as `_LoadForEval` resizes."""
+  return [np.stack([copy_edits.resize(x, (s, s)) for x in images]) if len(images)
+          else np.zeros((0, s, s, 3), np.uint8) for s in sizes]
 
 
 def eval_workers(num_workers: int) -> int:
@@ -169,7 +226,8 @@ def _embed_indices(embed_fn, state, source, indices, shape, batch_size, mesh, nu
   batch_size = max(min(batch_size, need * devices) // devices, 1) * devices
   plan = _plan(n, batch_size, jax.process_index(), processes)
   plan = np.where(plan >= 0, indices[np.maximum(plan, 0)], -1)
-  ds = grain.MapDataset.source(plan).map(_LoadForEval(source, shape))
+  gate = getattr(embed_fn, "gate_sizes", ())
+  ds = grain.MapDataset.source(plan).map(_LoadForEval(source, shape, gate))
   ds = ds.batch(batch_size // processes).to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))
   if num_workers > 0 and len(plan):
@@ -178,8 +236,8 @@ def _embed_indices(embed_fn, state, source, indices, shape, batch_size, mesh, nu
         per_worker_buffer_size=2))
   desc, norms, t0 = [], [], time.time()
   for images in ds:
-    d, g = embed_fn(state.params["model"], state.batch_stats,
-                    sharding.global_batch(images, mesh))
+    images = sharding.global_batch(tuple(images) if gate else (images,), mesh)
+    d, g = embed_fn(state.params["model"], state.batch_stats, *images)
     desc.append(np.asarray(d))
     norms.append(np.asarray(g))
     if timing is not None and len(desc) == 1:

@@ -29,10 +29,12 @@ from asl_jax.evaluation import search
 def view_norms(embed_fn, state, src, config, size, mesh, num_images: int) -> np.ndarray:
   """Gate norms [n, 2] of n images of `src` (column 0) and of one crop of
   each made by the training chain (column 1: data.crop_area, data.train_edits),
-  embedded at the evaluation size."""
+  embedded at the evaluation size (and at eval.gate_sizes: the views are made
+  at the largest size and resized to each)."""
   n = min(num_images, len(src))
+  gate_sizes = getattr(embed_fn, "gate_sizes", ())
   spec = dataclasses.replace(input_pipeline.view_spec(config.data), num_views=2,
-                             image_size=size)
+                             image_size=max((size,) + gate_sizes))
   backgrounds = input_pipeline.Backgrounds(src) if len(src) > 1 else None
   rng = np.random.default_rng(config.seed + 0xCA1)
   pick = np.sort(rng.choice(len(src), n, replace=False))
@@ -50,8 +52,9 @@ def view_norms(embed_fn, state, src, config, size, mesh, num_images: int) -> np.
     chunk = images[start:start + batch]
     pad = (-len(chunk)) % devices
     chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+    inputs = [embedding.gate_inputs(chunk, [size])[0]] + embedding.gate_inputs(chunk, gate_sizes)
     _, g = embed_fn(state.params["model"], state.batch_stats,
-                    sharding.global_batch(chunk, mesh))
+                    *sharding.global_batch(tuple(inputs), mesh))
     norms.append(np.asarray(g)[:len(chunk) - pad])
   return np.concatenate(norms).reshape(n, 2)
 
@@ -201,7 +204,10 @@ def evaluate_model(model, state, builder, config, workdir, log=print,
                    "gate_feature": config.model.gate_feature,
                    "num_queries": len(query_ids),
                    "num_references": len(reference_ids),
-                   "image_size": size, "resize": resize, "steps": int(state.step)},
+                   "image_size": size, "resize": resize,
+                   "gate_sizes": list(embedding.gate_sizes(config.eval)),
+                   "gate_flip_average": bool(config.eval.gate_flip_average),
+                   "steps": int(state.step)},
       **results,
       "gate": report_lib.gate_report(cats, keep),
       "decisions": {name: report_lib.gate_report(cats, k) for name, (_, _, k) in variants.items()
