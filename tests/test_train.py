@@ -186,7 +186,7 @@ def _tiny_flags(data_dir):
     for key, value in c[section].items():
       if key == "crop_area" or hasattr(value, "keys"):  # Nested sections stay default.
         continue
-      text = ",".join(map(str, value)) if isinstance(value, tuple) else value
+      text = (",".join(map(str, value)) or "()") if isinstance(value, tuple) else value
       flags.append(f"--config.{section}.{key}={text}")
   for key, value in c.data.synthetic.items():
     flags.append(f"--config.data.synthetic.{key}={value}")
