@@ -52,7 +52,7 @@ def view_norms(embed_fn, state, src, config, size, mesh, num_images: int) -> np.
     chunk = images[start:start + batch]
     pad = (-len(chunk)) % devices
     chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    inputs = [embedding.gate_inputs(chunk, [size])[0]] + embedding.gate_inputs(chunk, gate_sizes)
+    inputs = embedding.gate_inputs(chunk, (size,) + gate_sizes)  # The embedding side first.
     _, g = embed_fn(state.params["model"], state.batch_stats,
                     *sharding.global_batch(tuple(inputs), mesh))
     norms.append(np.asarray(g)[:len(chunk) - pad])
