@@ -74,3 +74,18 @@ def tiny_run(tiny_builder, data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("tiny_run"))
   train.train_and_evaluate(c, workdir)
   return workdir, c
+
+
+def copy_run_with_eval(workdir: str, target, **eval_fields) -> str:
+  """A copy of the run `workdir` at `target` whose config.json has
+  `eval_fields` changed (the same weights, another test-time setting)."""
+  import json
+  import shutil
+  shutil.copytree(workdir, target)
+  path = os.path.join(target, "config.json")
+  with open(path) as f:
+    cfg = json.load(f)
+  cfg["eval"].update(eval_fields)
+  with open(path, "w") as f:
+    json.dump(cfg, f)
+  return str(target)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from asl_jax import data, embed, image_folder
 from asl_jax.evaluation import gate_apply, io
-from conftest import ROOT
+from conftest import ROOT, copy_run_with_eval
 
 
 def _embed(capsys, *argv):
@@ -142,3 +142,37 @@ def test_bad_arguments_fail_before_any_work(tiny_run, tmp_path, capsys):
                      "--out", str(tmp_path / "a.h5")]) == 2
   assert "config.json does not exist" in capsys.readouterr().err
   assert not (tmp_path / "a.h5").exists()
+
+
+def test_gate_sizes_average_the_gate_norm_over_sides(tiny_run, tiny_builder, tmp_path, capsys):
+  """eval.gate_sizes: the gate norm is the geometric mean of the image's
+  gate norms at each side (each image resized to it from its decoded
+  original; mirror-averaged with gate_flip_average), in the run's embedding of
+  records (what evaluate, embed and find use) and of arrays; the descriptor is
+  the one at the embedding side."""
+  from asl_jax import copy_edits, inference
+  workdir = copy_run_with_eval(tiny_run[0], tmp_path / "run", gate_sizes=[32, 56],
+                               gate_flip_average=True)
+  src = data.source(tiny_builder, "references")
+  n = 8
+  originals = [np.asarray(data.decode_pil(src[i]["image"], src[i], min_size=56))
+               for i in range(n)]
+  at = lambda s: np.stack([copy_edits.resize(x, (s, s)) for x in originals])
+  plain = inference.load_run(tiny_run[0])  # No gate sizes, no mirror.
+
+  def flipped_gate(images):
+    return np.sqrt(plain.embed_batch(images)[1]
+                   * plain.embed_batch(np.ascontiguousarray(images[:, :, ::-1]))[1])
+  expected = np.sqrt(flipped_gate(at(32)) * flipped_gate(at(56)))
+  assert np.abs(expected / flipped_gate(at(40)) - 1).max() > 1e-3  # The sides matter.
+  sized = inference.load_run(workdir)
+  d, g = sized.embed(src, log=lambda *_: None)
+  np.testing.assert_allclose(g[:n], expected, rtol=1e-4)
+  np.testing.assert_allclose(d[:n], plain.embed_batch(at(40))[0], atol=1e-5)
+  _, g_arr = sized.embed_batch(at(40), [at(32), at(56)])
+  np.testing.assert_allclose(g_arr, expected, rtol=1e-4)
+  out = str(tmp_path / "refs.h5")
+  summary = _embed(capsys, "--workdir", workdir, "--split", "references", "--out", out)
+  assert summary["gate_sizes"] == [32, 56]
+  np.testing.assert_allclose(io.read_gate_norms(out)[data.text(src[0]["id"])], expected[0],
+                             rtol=1e-4)

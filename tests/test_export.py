@@ -3,13 +3,13 @@ descriptors and gate norms its evaluation computed."""
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 
 from asl_jax import copy_edits, data, export, inference
 from asl_jax.evaluation import io
+from conftest import copy_run_with_eval
 
 pytest.importorskip("jax2onnx", reason="jax2onnx is not installed (pip install --no-deps "
                     "jax2onnx 'onnx-ir>=1.1'; asl_jax/onnx_export.py says why --no-deps)")
@@ -49,15 +49,9 @@ def test_onnx_descriptors_match_the_runs_evaluation(tiny_run, tiny_builder, tmp_
 def test_a_flip_averaged_gate_norm_is_in_the_graph(tiny_run, tiny_builder, tmp_path, capsys):
   """eval.gate_flip_average: the gate norm is the geometric mean of the
   image's and its mirror's, in the evaluation's embedding and in the graph."""
-  workdir = tmp_path / "run"
-  shutil.copytree(tiny_run[0], workdir)
-  with open(workdir / "config.json") as f:
-    cfg = json.load(f)
-  cfg["eval"]["gate_flip_average"] = True
-  with open(workdir / "config.json", "w") as f:
-    json.dump(cfg, f)
+  workdir = copy_run_with_eval(tiny_run[0], tmp_path / "run", gate_flip_average=True)
   path = str(tmp_path / "model.onnx")
-  assert export.main(["--workdir", str(workdir), "--out", path]) == 0
+  assert export.main(["--workdir", workdir, "--out", path]) == 0
   assert json.loads(capsys.readouterr().out)["gate_flip_average"] is True
   src = data.source(tiny_builder, "references")
   images = np.stack([copy_edits.resize(data.decode_image(src[i]["image"], src[i]), (40, 40))
@@ -65,7 +59,7 @@ def test_a_flip_averaged_gate_norm_is_in_the_graph(tiny_run, tiny_builder, tmp_p
   plain = inference.load_run(tiny_run[0])
   d_plain, g_own = plain.embed_batch(images)
   _, g_mirror = plain.embed_batch(np.ascontiguousarray(images[:, :, ::-1]))
-  d, g = inference.load_run(str(workdir)).embed_batch(images)
+  d, g = inference.load_run(workdir).embed_batch(images)
   np.testing.assert_allclose(g, np.sqrt(g_own * g_mirror), rtol=1e-5)
   assert np.abs(g - g_own).max() > 1e-3 * g_own.mean()  # The mirror's norm differs.
   np.testing.assert_allclose(d, d_plain, atol=1e-6)  # The descriptor is untouched.
@@ -74,48 +68,27 @@ def test_a_flip_averaged_gate_norm_is_in_the_graph(tiny_run, tiny_builder, tmp_p
   np.testing.assert_allclose(g_onnx, g, rtol=1e-4)
 
 
-def test_gate_sizes_average_the_gate_norm_over_sides_in_the_embedding_and_the_graph(
-    tiny_run, tiny_builder, tmp_path, capsys):
-  """eval.gate_sizes: the gate norm is the geometric mean of the image's
-  gate norms at each side (each image resized to it from its decoded
-  original; mirror-averaged with gate_flip_average), in the run's embedding of
-  records and of arrays and in the exported graph (one input per side); the
-  descriptor is the one at the embedding side."""
-  workdir = tmp_path / "run"
-  shutil.copytree(tiny_run[0], workdir)
-  with open(workdir / "config.json") as f:
-    cfg = json.load(f)
-  cfg["eval"].update(gate_sizes=[32, 56], gate_flip_average=True)
-  with open(workdir / "config.json", "w") as f:
-    json.dump(cfg, f)
+def test_gate_sizes_are_graph_inputs_whose_gate_norms_are_averaged(tiny_run, tmp_path, capsys):
+  """eval.gate_sizes: the graph takes the images at each gate side too (one
+  input per side) and gives the gate norm the run's embedding gives
+  (test_embed.py checks that one against the sides' geometric mean)."""
+  workdir = copy_run_with_eval(tiny_run[0], tmp_path / "run", gate_sizes=[32, 56],
+                               gate_flip_average=True)
   path = str(tmp_path / "model.onnx")
-  assert export.main(["--workdir", str(workdir), "--out", path]) == 0
+  assert export.main(["--workdir", workdir, "--out", path]) == 0
   summary = json.loads(capsys.readouterr().out)
   assert summary["gate_sizes"] == [32, 56]
   assert list(summary["inputs"]) == ["images", "gate_images_32", "gate_images_56"]
-  src = data.source(tiny_builder, "references")
-  n = 8
-  originals = [np.asarray(data.decode_pil(src[i]["image"], src[i], min_size=56))
-               for i in range(n)]
-  at = lambda s: np.stack([copy_edits.resize(x, (s, s)) for x in originals])
-  plain = inference.load_run(tiny_run[0])  # No gate sizes, no mirror.
-
-  def flipped_gate(images):
-    return np.sqrt(plain.embed_batch(images)[1]
-                   * plain.embed_batch(np.ascontiguousarray(images[:, :, ::-1]))[1])
-  expected = np.sqrt(flipped_gate(at(32)) * flipped_gate(at(56)))
-  assert np.abs(expected / flipped_gate(at(40)) - 1).max() > 1e-3  # The sides matter.
-  sized = inference.load_run(str(workdir))
-  d, g = sized.embed(src, log=lambda *_: None)
-  np.testing.assert_allclose(g[:n], expected, rtol=1e-4)
-  np.testing.assert_allclose(d[:n], plain.embed_batch(at(40))[0], atol=1e-5)
-  d_arr, g_arr = sized.embed_batch(at(40), [at(32), at(56)])
-  np.testing.assert_allclose(g_arr, expected, rtol=1e-4)
+  rng = np.random.default_rng(0)
+  at = {s: rng.integers(0, 256, (5, s, s, 3), dtype=np.uint8) for s in (40, 32, 56)}
+  d_jax, g_jax = inference.load_run(workdir).embed_batch(at[40], [at[32], at[56]])
+  _, g_plain = inference.load_run(tiny_run[0]).embed_batch(at[40])
+  assert np.abs(g_jax / g_plain - 1).max() > 1e-3  # The sides change the gate norm.
   session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
   d_onnx, g_onnx = session.run(["descriptor", "gate_norm"], {
-      "images": at(40), "gate_images_32": at(32), "gate_images_56": at(56)})
-  np.testing.assert_allclose(g_onnx, expected, rtol=1e-4)
-  assert np.sum(d_onnx * d_arr, axis=1).min() >= 0.9999
+      "images": at[40], "gate_images_32": at[32], "gate_images_56": at[56]})
+  np.testing.assert_allclose(g_onnx, g_jax, rtol=1e-4)
+  assert np.sum(d_onnx * d_jax, axis=1).min() >= 0.9999
 
 
 def test_existing_output_is_kept(tiny_run, tmp_path, capsys):
