@@ -61,8 +61,12 @@ def run(args, log=print) -> dict:
   model_run = inference.load_run(args.workdir)
   if args.split:
     source, ids = inference.split_source(model_run, args.split, args.data_dir)
+  gate = ""
+  if model_run.gate_sizes or model_run.gate_flip_average:
+    sides = "/".join(map(str, model_run.gate_sizes or (model_run.image_size,)))
+    gate = f"; gate norm at {sides} px{', mirror-averaged' if model_run.gate_flip_average else ''}"
   log(f"Embedding {len(ids)} images with {args.workdir} (step {model_run.step}) at "
-      f"{model_run.image_size} px{', flip-averaged' if model_run.flip_average else ''}")
+      f"{model_run.image_size} px{', flip-averaged' if model_run.flip_average else ''}{gate}")
   vectors, gate_norms = model_run.embed(source, args.split or "images", log)
   tmp = args.out + ".partial"
   eval_io.write_descriptors(tmp, ids, vectors, gate_norms=gate_norms)

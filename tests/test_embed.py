@@ -172,7 +172,10 @@ def test_gate_sizes_average_the_gate_norm_over_sides(tiny_run, tiny_builder, tmp
   _, g_arr = sized.embed_batch(at(40), [at(32), at(56)])
   np.testing.assert_allclose(g_arr, expected, rtol=1e-4)
   out = str(tmp_path / "refs.h5")
-  summary = _embed(capsys, "--workdir", workdir, "--split", "references", "--out", out)
+  assert embed.main(["--workdir", workdir, "--split", "references", "--out", out]) == 0
+  printed = capsys.readouterr()
+  summary = json.loads(printed.out)
   assert summary["gate_sizes"] == [32, 56]
+  assert "at 40 px, flip-averaged; gate norm at 32/56 px, mirror-averaged" in printed.err, printed.err
   np.testing.assert_allclose(io.read_gate_norms(out)[data.text(src[0]["id"])], expected[0],
                              rtol=1e-4)
