@@ -14,9 +14,9 @@ from absl import flags, logging
 from asl_jax import cli
 from asl_jax.errors import UserError
 
-INTERRUPTED = ("asl_jax: interrupted (Ctrl-C) before a step could be checkpointed; the "
-               "checkpoints already written are kept, and rerunning the same command resumes "
-               "from the latest.")
+INTERRUPTED = ("asl_jax: interrupted (Ctrl-C). The checkpoints already written are kept: "
+               "rerunning the same command resumes training from the latest, or evaluates "
+               "again where training had ended (or there was none to do).")
 
 _CONFIG = cli.define_config_flag()
 flags.declare_key_flag("config")  # Listed by --help with this module's flags.
