@@ -176,6 +176,7 @@ def test_gate_sizes_average_the_gate_norm_over_sides(tiny_run, tiny_builder, tmp
   printed = capsys.readouterr()
   summary = json.loads(printed.out)
   assert summary["gate_sizes"] == [32, 56]
-  assert "at 40 px, flip-averaged; gate norm at 32/56 px, mirror-averaged" in printed.err, printed.err
+  line = "at 40 px, flip-averaged; gate norm at 32/56 px, mirror-averaged"
+  assert line in printed.err, printed.err
   np.testing.assert_allclose(io.read_gate_norms(out)[data.text(src[0]["id"])], expected[0],
                              rtol=1e-4)
