@@ -147,6 +147,20 @@ def test_every_workload_at_a_tiny_size_writes_the_promised_json(tiny_builder, da
   assert "torch eager" in table and "agree 1.0000" in table
 
 
+def test_the_embed_row_feeds_and_counts_the_gate_sizes():
+  """With eval.gate_sizes the embed row passes the images at each gate side
+  too, and counts the model once more per side (the tiny model's gate is its
+  own feature, so FLOPs scale with the pixels: 1 + (32² + 48²) / 40²)."""
+  from asl_jax.benchmark import workloads
+  c = tiny_config("/unused")
+  plain = workloads.bench_embed(c, 1, 1)
+  c.eval.gate_sizes = (32, 48)
+  sized = workloads.bench_embed(c, 1, 1)
+  assert sized["images_per_s"] > 0
+  assert sized["flops_per_step_per_device"] == pytest.approx(
+      plain["flops_per_step_per_device"] * (1 + (32 ** 2 + 48 ** 2) / 40 ** 2), rel=0.02)
+
+
 def test_compare_torch_refuses_a_model_the_torch_side_lacks():
   from asl_jax.benchmark import __main__ as bench
   from asl_jax.benchmark.runner import Request

@@ -68,14 +68,16 @@ def bench_embed(config, steps, warmup):
                                   config, jax.random.key(0), mesh)
   embed = embedding.make_embed_fn(model, mesh, config.eval)
   n = max(config.eval.batch_size // jax.device_count(), 1) * jax.device_count()
+  host = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+  # With eval.gate_sizes the embedding also takes the images at each gate side.
   images = sharding.global_batch(
-      np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8), mesh)
+      (host, *embedding.gate_inputs(host, embedding.gate_sizes(config.eval))), mesh)
   params, stats = config_state.params["model"], config_state.batch_stats
   t0 = time.perf_counter()
-  compiled = embed.lower(params, stats, images).compile()
+  compiled = embed.lower(params, stats, *images).compile()
   compile_s = time.perf_counter() - t0
-  counted = flops.count_fn(embed, params, stats, images).total / jax.device_count()
-  call = lambda: compiled(params, stats, images)
+  counted = flops.count_fn(embed, params, stats, *images).total / jax.device_count()
+  call = lambda: compiled(params, stats, *images)
   for _ in range(warmup):
     jax.block_until_ready(call())
   seconds = time_each(call, steps, jax.block_until_ready)
