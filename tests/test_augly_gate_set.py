@@ -1,0 +1,69 @@
+"""benchmarks/augly_gate_set.py without AugLy: the geometry of its crops and
+reverse crops, and its rule of at most one heavy edit per copy. (The AugLy
+calls themselves need Pillow < 10, so they are not run here.)"""
+
+import importlib.util
+import os
+import random
+
+import numpy as np
+from PIL import Image
+
+from conftest import ROOT
+
+
+def _module():
+  spec = importlib.util.spec_from_file_location(
+      "augly_gate_set", os.path.join(ROOT, "benchmarks", "augly_gate_set.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_crop_boxes_hold_the_asked_area_inside_the_photo():
+  m, rng = _module(), random.Random(0)
+  for area in np.linspace(0.3, 0.9, 25):
+    x1, y1, x2, y2 = m._crop_box(rng, area)
+    assert 0 <= x1 < x2 <= 1 + 1e-9 and 0 <= y1 < y2 <= 1 + 1e-9
+    np.testing.assert_allclose((x2 - x1) * (y2 - y1), area, rtol=1e-9)
+
+
+def test_reverse_crop_queries_hold_their_reference_and_more():
+  m, rng = _module(), random.Random(1)
+  whole = 0
+  for _ in range(200):
+    ref, query, area = m.reverse_crop_boxes(rng)
+    assert 0.4 <= area <= 0.7
+    np.testing.assert_allclose((ref[2] - ref[0]) * (ref[3] - ref[1]), area, rtol=1e-9)
+    if query is None:
+      whole += 1
+      continue
+    assert 0 <= query[0] <= ref[0] and 0 <= query[1] <= ref[1]
+    assert ref[2] <= query[2] <= 1 + 1e-9 and ref[3] <= query[3] <= 1 + 1e-9
+    assert (query[2] - query[0]) * (query[3] - query[1]) > area * 1.05
+  assert 70 < whole < 130
+
+
+def test_a_copy_has_one_to_three_distinct_edits_and_at_most_one_heavy(monkeypatch):
+  m = _module()
+  calls = []
+
+  def fake_edit(rng, im, name, backgrounds, heavy):
+    calls[-1].append((name, heavy))
+    return im, name
+
+  monkeypatch.setattr(m, "copy_edit", fake_edit)
+  rng, im = random.Random(2), Image.new("RGB", (32, 24))
+  counts = {1: 0, 2: 0, 3: 0}
+  for _ in range(400):
+    calls.append([])
+    _, details = m.make_copy(rng, im, backgrounds=[])
+    names = [n for n, _ in calls[-1]]
+    assert details == names and len(set(names)) == len(names)
+    counts[len(names)] += 1
+    heavy = [n for n, h in calls[-1] if h]
+    assert len(heavy) <= 1
+    assert all(n in m._ALWAYS_HEAVY + m._CAN_BE_HEAVY for n in heavy)
+    assert all(h for n, h in calls[-1] if n in m._ALWAYS_HEAVY)
+  assert counts[2] > counts[1] > counts[3] > 50
+  assert sum(bool([h for _, h in c if h]) for c in calls) > 100
