@@ -61,9 +61,19 @@ def list_photos(folder):
   return out
 
 
+def fail(message):
+  """A bad input: one paragraph on stderr and exit status 2, as asl_jax's commands."""
+  print(f"augly_gate_set: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
 def read(path, max_side):
-  with Image.open(path) as im:
-    im = im.convert("RGB")
+  try:
+    with Image.open(path) as im:
+      im = im.convert("RGB")
+  except OSError as e:
+    fail(f"{path} could not be read as an image ({e}); remove it from --photos or replace it. "
+         "Nothing was written.")
   scale = max_side / max(im.size)
   if scale < 1:
     im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
@@ -129,8 +139,8 @@ def copy_edit(rng, im, name, backgrounds, heavy):
     r = rng.uniform(0.15, 0.4)
     return aug.pixelization(im, ratio=r), f"pixelization({r:.2f})"
   if name == "text":
-    font = os.path.join(os.path.dirname(aug.__file__), "..", "assets", "fonts",
-                        "Raleway-ExtraBold.ttf")
+    import augly.utils as utils
+    font = os.path.join(utils.FONTS_DIR, "Raleway-ExtraBold.ttf")
     return (aug.overlay_text(im, text=[ord(ch) for ch in _text(rng, rng.randint(6, 16))],
                              font_file=font, font_size=rng.uniform(0.08, 0.2),
                              color=tuple(rng.randrange(256) for _ in range(3)),
@@ -228,31 +238,41 @@ def make_reverse_crop(rng, im):
 
 
 def build(args):
+  try:
+    import augly.image  # noqa: F401
+  except ImportError as e:
+    fail(f"AugLy could not be imported ({e}). In a separate environment: pip install "
+         "augly==1.0.0 'pillow<10' numpy (AugLy 1.0.0 needs Pillow 9), then run this script "
+         "with its python.")
+  if not os.path.isdir(args.photos):
+    fail(f"--photos {args.photos} is not a folder; give the folder of photos to build the set "
+         "from.")
   photos = list_photos(args.photos)
   if len(photos) < _BACKGROUNDS + 4:
-    sys.exit(f"augly_gate_set: error: --photos {args.photos} holds {len(photos)} photos "
-             f"({', '.join(_EXTENSIONS)}); give a folder of at least {_BACKGROUNDS + 4}.")
+    fail(f"--photos {args.photos} holds {len(photos)} photos ({', '.join(_EXTENSIONS)}); give "
+         f"a folder of at least {_BACKGROUNDS + 4}.")
   if os.path.exists(args.out):
-    sys.exit(f"augly_gate_set: error: --out {args.out} exists; give a new folder.")
+    fail(f"--out {args.out} exists; give a new folder (nothing in it was changed).")
   rng = random.Random(args.seed)
   order = list(photos)
   rng.shuffle(order)
   backgrounds, rest = order[:_BACKGROUNDS], order[_BACKGROUNDS:]
   half = len(rest) // 2
   copies, reverse = (rest[half:], rest[:half]) if args.swap else (rest[:half], rest[half:])
+  images = {path: read(path, args.max_side) for path in order}   # Every photo read first.
   for sub in ("train", "references", "queries"):
     os.makedirs(os.path.join(args.out, sub))
   save = lambda im, *p: im.save(os.path.join(args.out, *p), quality=92)
   bgs = []
   for i, path in enumerate(backgrounds):
-    bg = read(path, args.max_side)
+    bg = images[path]
     save(bg, "train", f"T{i:06d}.jpg")
     bgs.append((f"T{i:06d}", bg))
   refs, queries = [], []
   items = [("copy", p) for p in copies] + [("reverse_crop", p) for p in reverse]
   rng.shuffle(items)
   for kind, path in items:
-    im = read(path, args.max_side)
+    im = images[path]
     source = os.path.relpath(path, args.photos)
     if kind == "copy":
       ref, (query, detail) = im, make_copy(rng, im, bgs)

@@ -67,3 +67,21 @@ def test_a_copy_has_one_to_three_distinct_edits_and_at_most_one_heavy(monkeypatc
     assert all(h for n, h in calls[-1] if n in m._ALWAYS_HEAVY)
   assert counts[2] > counts[1] > counts[3] > 50
   assert sum(bool([h for _, h in c if h]) for c in calls) > 100
+
+
+def test_without_augly_it_says_how_to_install_it_and_writes_nothing(tmp_path):
+  import importlib.util as util
+  import subprocess
+  import sys
+  if util.find_spec("augly") is not None:
+    import pytest
+    pytest.skip("AugLy is installed here, so the message for its absence cannot be seen")
+  (tmp_path / "photos").mkdir()
+  for i in range(12):
+    Image.new("RGB", (64, 48), (i * 20, 0, 0)).save(tmp_path / "photos" / f"p{i}.jpg")
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "augly_gate_set.py"),
+                        "--photos", str(tmp_path / "photos"), "--out", str(tmp_path / "set")],
+                       capture_output=True, text=True)
+  assert out.returncode == 2, out.stderr
+  assert "pip install augly==1.0.0" in out.stderr and "Traceback" not in out.stderr
+  assert not (tmp_path / "set").exists()
