@@ -25,13 +25,19 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
-def load_config(arg=None, file="asl.py"):
-  """configs/<file>'s get_config(arg), loaded by path as --config does."""
+def load_module(*path: str):
+  """The Python file at ROOT/<path...> as a module (configs and benchmarks are
+  scripts, not packages)."""
   spec = importlib.util.spec_from_file_location(
-      "asl_config", os.path.join(ROOT, "configs", file))
+      os.path.splitext(path[-1])[0], os.path.join(ROOT, *path))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return module
+
+
+def load_config(arg=None, file="asl.py"):
+  """configs/<file>'s get_config(arg), loaded by path as --config does."""
+  return load_module("configs", file).get_config(arg)
 
 TINY_SIZES = dict(seed=0, image_size=48, num_train=48, num_train_negative_pairs=8,
                   num_references=40, num_copy_queries=12,

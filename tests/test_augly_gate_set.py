@@ -1,23 +1,23 @@
 """benchmarks/augly_gate_set.py without AugLy: the geometry of its crops and
-reverse crops, and its rule of at most one heavy edit per copy. (The AugLy
-calls themselves need Pillow < 10, so they are not run here.)"""
+reverse crops, its rule of at most one heavy edit per copy, and its message
+when AugLy is missing. (The AugLy calls themselves need Pillow < 10, so they
+are not run here.)"""
 
 import importlib.util
 import os
 import random
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, load_module
 
 
 def _module():
-  spec = importlib.util.spec_from_file_location(
-      "augly_gate_set", os.path.join(ROOT, "benchmarks", "augly_gate_set.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_module("benchmarks", "augly_gate_set.py")
 
 
 def test_crop_boxes_hold_the_asked_area_inside_the_photo():
@@ -70,11 +70,7 @@ def test_a_copy_has_one_to_three_distinct_edits_and_at_most_one_heavy(monkeypatc
 
 
 def test_without_augly_it_says_how_to_install_it_and_writes_nothing(tmp_path):
-  import importlib.util as util
-  import subprocess
-  import sys
-  if util.find_spec("augly") is not None:
-    import pytest
+  if importlib.util.find_spec("augly") is not None:
     pytest.skip("AugLy is installed here, so the message for its absence cannot be seen")
   (tmp_path / "photos").mkdir()
   for i in range(12):

@@ -3,21 +3,16 @@ and over several sizes, is the figure the run's evaluation reported with
 that setting (norm_diagnostics.set_pairs)."""
 
 import copy
-import importlib.util
 import json
 import os
 
 import pytest
 
-from conftest import ROOT
+from conftest import load_module
 
 
 def _module():
-  spec = importlib.util.spec_from_file_location(
-      "gate_separation", os.path.join(ROOT, "benchmarks", "gate_separation.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_module("benchmarks", "gate_separation.py")
 
 
 def test_separation_at_the_evaluation_size_is_the_runs_own(tiny_run, tmp_path, capsys):
