@@ -299,4 +299,10 @@ def build(args):
 
 
 if __name__ == "__main__":
-  build(parse())
+  arguments = parse()
+  try:
+    build(arguments)
+  except KeyboardInterrupt:
+    print(f"augly_gate_set: interrupted; {arguments.out} is incomplete: delete it and run again "
+          "(the photos were only read).", file=sys.stderr)
+    sys.exit(130)
