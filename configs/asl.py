@@ -141,7 +141,7 @@ def _sscd_photos_recipe(c):
   # to -0.008 in the other 3 (docs/results.md). And over four sides, each resized from the
   # original: on two sets of photos the recipe never saw, the AUC rose on all eight runs (+0.009
   # to +0.045) and the paper's gate removed fewer copies and more reverse crops; on photo_dev
-  # (in-sample) the AUC rose on three seeds of four (docs/results.md).
+  # (in-sample) it rose on all four seeds (+0.006 to +0.012; docs/results.md).
   c.eval.update(image_size=224, batch_size=64, flip_average=False, gate_flip_average=True,
                 gate_sizes=(192, 224, 256, 288))
   c.eval.score_norm.method = "none"  # A few hundred training photos: too few to normalise.
