@@ -169,7 +169,7 @@ def copy_edit(rng, im, name, backgrounds, heavy):
   raise ValueError(name)
 
 
-# name -> can it be heavy; edits that are always heavy are in _ALWAYS_HEAVY.
+# The copy edits; of them, those that are heavy at their strong setting and those always heavy.
 _EDITS = ("crop", "downscale", "aspect", "rotate", "hflip", "pad", "color_jitter", "grayscale",
           "blur", "jpeg", "pixelize", "text", "emoji", "meme", "screenshot", "paste")
 _CAN_BE_HEAVY = ("crop", "downscale", "rotate", "blur")
@@ -268,32 +268,25 @@ def build(args):
     bg = images[path]
     save(bg, "train", f"T{i:06d}.jpg")
     bgs.append((f"T{i:06d}", bg))
-  refs, queries = [], []
   items = [("copy", p) for p in copies] + [("reverse_crop", p) for p in reverse]
   rng.shuffle(items)
-  for kind, path in items:
-    im = images[path]
-    source = os.path.relpath(path, args.photos)
-    if kind == "copy":
-      ref, (query, detail) = im, make_copy(rng, im, bgs)
-    else:
-      ref, query, detail = make_reverse_crop(rng, im)
-    refs.append(ref)
-    queries.append((query, kind, len(refs) - 1, f"{source}: " + "; ".join(detail)))
-  ref_ids = [f"R{i:06d}" for i in range(len(refs))]
-  for rid, ref in zip(ref_ids, refs):
-    save(ref, "references", rid + ".jpg")
   with open(os.path.join(args.out, "ground_truth.csv"), "w", newline="") as g, \
        open(os.path.join(args.out, "queries.csv"), "w", newline="") as q:
     gw, qw = csv.writer(g), csv.writer(q)
     gw.writerow(["query_id", "reference_id"])
     qw.writerow(["query_id", "kind", "reference_id", "detail"])
-    for i, (query, kind, ref, detail) in enumerate(queries):
-      qid = f"Q{i:05d}"
+    for i, (kind, path) in enumerate(items):   # Query i's photo gives reference i.
+      im = images[path]
+      if kind == "copy":
+        ref, (query, detail) = im, make_copy(rng, im, bgs)
+      else:
+        ref, query, detail = make_reverse_crop(rng, im)
+      qid, rid = f"Q{i:05d}", f"R{i:06d}"
+      save(ref, "references", rid + ".jpg")
       save(query, "queries", qid + ".jpg")
-      gw.writerow([qid, ref_ids[ref] if kind == "copy" else ""])
-      qw.writerow([qid, "copy" if kind == "copy" else "hard_negative/reverse_crop",
-                   ref_ids[ref], detail])
+      gw.writerow([qid, rid if kind == "copy" else ""])
+      qw.writerow([qid, "copy" if kind == "copy" else "hard_negative/reverse_crop", rid,
+                   f"{os.path.relpath(path, args.photos)}: " + "; ".join(detail)])
   print(f"{args.out}: {len(copies)} copies, {len(reverse)} reverse crops, "
         f"{len(bgs)} background photos in train/")
 
