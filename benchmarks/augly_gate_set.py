@@ -296,6 +296,7 @@ if __name__ == "__main__":
   try:
     build(arguments)
   except KeyboardInterrupt:
-    print(f"augly_gate_set: interrupted; {arguments.out} is incomplete: delete it and run again "
-          "(the photos were only read).", file=sys.stderr)
+    left = (f"{arguments.out} is incomplete: delete it and run again"
+            if os.path.exists(arguments.out) else "nothing was written")
+    print(f"augly_gate_set: interrupted; {left} (the photos were only read).", file=sys.stderr)
     sys.exit(130)
