@@ -146,10 +146,14 @@ def _step_dir(path: str) -> str:
                  directory) else []
     if steps:
       return os.path.join(directory, str(max(steps)))
+  evaluate_only = os.path.isfile(os.path.join(path, "config.json"))
   raise UserError(
-      f"model.init_from={path!r} is a directory without asl_jax checkpoints. Give another "
-      "run's --workdir, its checkpoints/ directory or one checkpoints/<step> directory "
-      "(or an .onnx, .pth/.pt or .safetensors file).")
+      f"model.init_from={path!r} is a directory without asl_jax checkpoints"
+      + (" (a run that trained no step, such as an evaluation with train.total_steps=0, writes "
+         "none: give the model.init_from that run was given, in its config.json)"
+         if evaluate_only else "")
+      + ". Give a run's --workdir that holds checkpoints, its checkpoints/ directory or one "
+      "checkpoints/<step> directory (or an .onnx, .pth/.pt or .safetensors file).")
 
 
 def load_model_from(path: str, params: dict, batch_stats: dict, config):

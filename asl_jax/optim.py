@@ -83,6 +83,14 @@ def trainable_mask(params, pattern: str):
   return jax.tree_util.tree_map_with_path(lambda p, _: bool(regex.search(_path(p))), params)
 
 
+def _example_paths(params, count: int = 3) -> str:
+  """A few of this model's parameter paths, spread over it, for an error message."""
+  paths = [_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  picks = [paths[i] for i in sorted({round(k * (len(paths) - 1) / max(count - 1, 1))
+                                     for k in range(count)})] if paths else []
+  return ", ".join(repr(p) for p in picks)
+
+
 def check_trainable(params, pattern: str, log=print):
   """optim.trainable must name at least one parameter; logs what trains."""
   if not pattern:
@@ -91,9 +99,8 @@ def check_trainable(params, pattern: str, log=print):
   paths = [_path(p) for p, t in jax.tree_util.tree_leaves_with_path(mask) if t]
   if not paths:
     raise UserError(f"optim.trainable={pattern!r} matches no parameter, so nothing would "
-                    "train. Parameter paths look like 'model/embed_fc/kernel', "
-                    "'model/gate_fc1/kernel', 'model/layer4_2/conv3/kernel'; give a regular "
-                    "expression that finds the ones to train, or '' for all.")
+                    f"train. This model's parameter paths look like {_example_paths(params)}; "
+                    "give a regular expression that finds the ones to train, or '' for all.")
   count = sum(int(np.prod(x.shape)) for x, t in zip(jax.tree.leaves(params),
                                                     jax.tree.leaves(mask), strict=True) if t)
   log(f"optim.trainable={pattern!r}: {len(paths)} parameter arrays ({count} values) train, "
@@ -115,8 +122,7 @@ def check_lr_mults(params, lr_mults, log=print, trainable: str = ""):
     if not hit:
       raise UserError(f"optim.lr_mults: {pattern!r} matches no parameter that trains "
                       "(optim.trainable), or only ones an earlier pattern takes, so its factor "
-                      "would change nothing. Parameter "
-                      "paths look like 'model/blocks_3_1/pw_exp/kernel', "
-                      "'model/layer4_2/conv3/kernel', 'model/gate_fc1/kernel'.")
+                      "would change nothing. This model's parameter paths look like "
+                      f"{_example_paths(params)}.")
     log(f"optim.lr_mults: {pattern!r} x{factor}: {len(hit)} parameter arrays "
         f"({sum(n for _, n in hit)} values)")

@@ -76,6 +76,9 @@ def parse(argv=None) -> argparse.Namespace:
     args.sizes = [int(s) for s in args.sizes]
   except ValueError:
     p.error(f"--sizes {','.join(args.sizes)}: give whole numbers of pixels, e.g. 224,288")
+  if not args.sizes or not all(32 <= s <= 4096 for s in args.sizes):
+    p.error(f"--sizes {','.join(map(str, args.sizes)) or '(none)'}: give one or more sides "
+            "of 32-4096 pixels, comma-separated, e.g. 224,288 (as eval.gate_sizes takes)")
   if not 0 <= args.max_copy_drop < 1:
     p.error(f"--max_copy_drop {args.max_copy_drop}: give a share in [0, 1)")
   return args

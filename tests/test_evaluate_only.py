@@ -74,5 +74,12 @@ def test_evaluate_another_runs_workdir_into_a_new_one(tiny_builder, data_dir, tm
   with pytest.raises(UserError, match="another directory than --workdir"):
     train.train_and_evaluate(e, source)
   assert _snapshot(source) == before
-  with pytest.raises(UserError, match="without asl_jax checkpoints"):
+  with pytest.raises(UserError, match="without asl_jax checkpoints") as no_run:
     checkpointing.load_model_from(str(tmp_path), params, stats, e)
+  assert "train.total_steps=0" not in str(no_run.value)
+  # An evaluation-only run's workdir (config.json, no checkpoint) is told apart.
+  (tmp_path / "eval_only").mkdir()
+  (tmp_path / "eval_only" / "config.json").write_text("{}")
+  with pytest.raises(UserError, match=r"without asl_jax checkpoints \(a run that trained no "
+                     r"step, such as an evaluation with train.total_steps=0"):
+    checkpointing.load_model_from(str(tmp_path / "eval_only"), params, stats, e)

@@ -45,3 +45,11 @@ def test_separation_at_the_evaluation_size_is_the_runs_own(tiny_run, tmp_path, c
 def test_a_workdir_that_is_no_run_is_one_paragraph(tmp_path, capsys):
   assert _module().main(["--workdir", str(tmp_path)]) == 2
   assert "config.json does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sizes", ["0,-5", ",", "100000", "224,16"])
+def test_sizes_outside_what_the_evaluation_takes_are_refused_first(tmp_path, capsys, sizes):
+  # Refused before the workdir is read (it is no run here, which would be the error after).
+  assert _module().main(["--workdir", str(tmp_path), "--sizes", sizes]) == 2
+  err = capsys.readouterr().err
+  assert "give one or more sides of 32-4096 pixels" in err and "config.json" not in err

@@ -119,6 +119,9 @@ def test_checkpoint_with_code_is_refused(tmp_path):
     pretrained.read_state_dict(path)
   with pytest.raises(UserError, match="no such file"):
     pretrained.read_state_dict(str(tmp_path / "missing.pth"))
+  (tmp_path / "notes.txt").write_text("not weights")
+  with pytest.raises(UserError, match=r"not a PyTorch zip checkpoint.*takes an \.onnx file"):
+    pretrained.read_state_dict(str(tmp_path / "notes.txt"))
 
 
 def test_sscd_torchvision_layout_fills_trunk_and_head(tmp_path):

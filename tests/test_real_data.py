@@ -151,6 +151,21 @@ def test_bad_ground_truth_names_file_and_line(tmp_path, rows, expected):
   assert "public_ground_truth_h5.csv" in str(e.value)
 
 
+def test_a_header_with_other_column_names_is_pointed_at(tmp_path):
+  fake_layout.write(str(tmp_path / "manual"), SMALL)
+  rows = "".join(f"Q{i:05d},\n" for i in range(6))
+  write_gt(tmp_path / "manual", "qid,rid\n" + rows)
+  with pytest.raises(manual.GroundTruthError, match=r"first row \(qid,rid\) names no image "
+                     r"while the next does: if it is a header, name its columns "
+                     r"query_id,reference_id"):
+    prepare(tmp_path / "manual", tmp_path / "data")
+  # A first row that is an unknown id after a proper header gets no such hint.
+  write_gt(tmp_path / "manual", "query_id,reference_id\nQ00042,\n" + rows)
+  with pytest.raises(manual.GroundTruthError) as e:
+    prepare(tmp_path / "manual", tmp_path / "data")
+  assert "if it is a header" not in str(e.value)
+
+
 def test_query_image_without_a_row_is_an_error(tmp_path):
   fake_layout.write(str(tmp_path / "manual"), SMALL)
   write_gt(tmp_path / "manual", "query_id,reference_id\n" + "".join(

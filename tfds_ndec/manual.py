@@ -294,10 +294,16 @@ def check_ground_truth(path: str, rows: list[GroundTruthRow], query_ids,
                     f"({', '.join(unlisted[:_SHOW])}); list every query, with "
                     "an empty reference_id for non-copies")
   if problems:
+    # A header with other column names reads as a first row of unknown ids.
+    header_hint = (
+        f" Its first row ({rows[0].query_id},{rows[0].reference_id}) names no image while "
+        "the next does: if it is a header, name its columns query_id,reference_id."
+        if len(rows) > 1 and rows[0].line == 1 and rows[0].query_id not in query_ids
+        and rows[1].query_id in query_ids else "")
     raise GroundTruthError(
         f"The ground truth {path} does not match the images of the manual "
-        "directory: " + "; ".join(problems) + ". Complete the download (or "
-        "fix the CSV) and prepare again.")
+        "directory: " + "; ".join(problems) + "." + header_hint + " Complete the download "
+        "(or fix the CSV) and prepare again.")
 
 
 # ------------------------------------------------------------------ images --

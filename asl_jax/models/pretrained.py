@@ -103,8 +103,10 @@ class _TorchUnpickler(pickle.Unpickler):
 def read_torch(path: str) -> dict:
   if not zipfile.is_zipfile(path):
     raise UserError(
-        f"{path} is not a PyTorch zip checkpoint (the format of torch >= 1.6). "
-        "Re-save it with a recent torch: torch.save(torch.load(path), new_path).")
+        f"{path} is not a PyTorch zip checkpoint (the format of torch >= 1.6). model.init_from "
+        "takes an .onnx file, a torchvision-format .pth/.pt, a timm .safetensors or an asl_jax "
+        "run's --workdir. If this is a checkpoint of an older torch, re-save it with a recent "
+        "one: torch.save(torch.load(path), new_path).")
   with zipfile.ZipFile(path) as archive:
     pkl = [n for n in archive.namelist() if n.endswith("/data.pkl")]
     if not pkl:
