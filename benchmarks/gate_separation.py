@@ -26,7 +26,7 @@ import sys
 import ml_collections
 import numpy as np
 
-from asl_jax import cli, data, inference
+from asl_jax import cli, config_check, data, inference
 from asl_jax.errors import UserError
 from asl_jax.evaluation import decisions
 
@@ -76,7 +76,8 @@ def parse(argv=None) -> argparse.Namespace:
     args.sizes = [int(s) for s in args.sizes]
   except ValueError:
     p.error(f"--sizes {','.join(args.sizes)}: give whole numbers of pixels, e.g. 224,288")
-  if not args.sizes or not all(32 <= s <= 4096 for s in args.sizes):
+  valid_sides, _ = config_check.RULES["eval.gate_sizes"]  # The sides the evaluation takes.
+  if not args.sizes or not valid_sides(tuple(args.sizes)):
     p.error(f"--sizes {','.join(map(str, args.sizes)) or '(none)'}: give one or more sides "
             "of 32-4096 pixels, comma-separated, e.g. 224,288 (as eval.gate_sizes takes)")
   if not 0 <= args.max_copy_drop < 1:
