@@ -155,6 +155,8 @@ def _train(config, workdir: str, builder=None):
       batch = sharding.global_batch(next(it), mesh)
       state, metrics = update(state, batch, step_rng)
       seen += 1
+      if step == start + 1:
+        _check_gradient(float(jax.device_get(metrics["grad_norm"])), config, step)
       if step % config.train.log_every == 0 or step == total:
         metrics = jax.device_get(metrics)
         if not np.isfinite(metrics["loss/total"]):
@@ -191,6 +193,29 @@ def _train(config, workdir: str, builder=None):
     if hasattr(it, "close"):
       it.close()
   return model, state, builder
+
+
+_LOSS_WEIGHTS = ("classification", "triplet", "info_nce", "koleo", "rs_at_k", "norm_ratio")
+
+
+def _check_gradient(grad_norm: float, config, step: int):
+  """A first update whose gradient is exactly zero means nothing would ever
+  train: the parameters optim.trainable selects lie outside every active
+  loss's reach (in sscd_photos the only loss is the gate's norm-ratio loss,
+  which reaches model/gate_* alone), or no pair of views can be ordered."""
+  if grad_norm != 0.0:
+    return
+  active = ", ".join(f"loss.{k}={config.loss[k]}" for k in _LOSS_WEIGHTS if config.loss[k] > 0)
+  what = (f"the parameters optim.trainable={config.optim.trainable!r} selects"
+          if config.optim.trainable else "the model's parameters")
+  raise UserError(
+      f"The gradient of the training loss is exactly zero at step {step}, so training would "
+      f"change nothing: no active loss ({active or 'none'}) reaches {what}, or the norm-ratio "
+      "loss found no two views of an image whose information amounts differ (data.crop_area, "
+      "data.edit_information). Choose parameters an active loss reaches with optim.trainable "
+      "(where the norm-ratio loss on model.gate_feature=gate_head or gate_trunk is the only "
+      "loss, those are the model/gate_ ones), or switch on a loss that reaches them. No "
+      "checkpoint of this step was written.")
 
 
 def _drop_lines_after(path: str, step: int):

@@ -161,6 +161,26 @@ def test_nan_loss_stops_with_step_and_checkpoint(tiny_builder, data_dir, tmp_pat
     train.train(c, str(tmp_path), builder=tiny_builder)
 
 
+def test_parameters_no_loss_reaches_are_refused_after_one_step(tiny_builder, data_dir,
+                                                               tmp_path):
+  """Only the separate gate head trains but the norm-ratio loss, the one loss
+  that reaches it, is off: the first gradient is exactly zero and the run
+  stops there, saying why, before any checkpoint. With that loss on, it trains."""
+  c = tiny_config(data_dir)
+  c.model.update(gate_feature="gate_head", gate_head_dims=(16,))
+  c.optim.trainable = "model/gate_fc"
+  c.train.update(checkpoint_every=1)
+  c.loss.norm_ratio = 0.0
+  with pytest.raises(UserError, match=r"exactly zero at step 1.*no active loss "
+                     r"\(loss.info_nce=1.0\) reaches the parameters optim.trainable="
+                     r"'model/gate_fc' selects"):
+    train.train(c, str(tmp_path / "off"), builder=tiny_builder)
+  assert not os.path.exists(tmp_path / "off" / "checkpoints" / "1")
+  c.loss.norm_ratio = 1.0
+  train.train(c, str(tmp_path / "on"), builder=tiny_builder)
+  assert os.path.isdir(tmp_path / "on" / "checkpoints" / "4")
+
+
 def test_corrupt_image_names_the_file(tiny_builder, data_dir):
   c = tiny_config(data_dir)
   c.data.pair_ids_per_batch = 0
