@@ -156,7 +156,7 @@ def _train(config, workdir: str, builder=None):
       state, metrics = update(state, batch, step_rng)
       seen += 1
       if step == start + 1:
-        _check_gradient(float(jax.device_get(metrics["grad_norm"])), config, step)
+        _check_gradient(metrics, config, step)
       if step % config.train.log_every == 0 or step == total:
         metrics = jax.device_get(metrics)
         if not np.isfinite(metrics["loss/total"]):
@@ -195,17 +195,16 @@ def _train(config, workdir: str, builder=None):
   return model, state, builder
 
 
-_LOSS_WEIGHTS = ("classification", "triplet", "info_nce", "koleo", "rs_at_k", "norm_ratio")
-
-
-def _check_gradient(grad_norm: float, config, step: int):
+def _check_gradient(metrics: dict, config, step: int):
   """A first update whose gradient is exactly zero means nothing would ever
   train: the parameters optim.trainable selects lie outside every active
   loss's reach (in sscd_photos the only loss is the gate's norm-ratio loss,
-  which reaches model/gate_* alone), or no pair of views can be ordered."""
-  if grad_norm != 0.0:
+  which reaches model/gate_* alone), or no pair of views can be ordered.
+  The active losses are the step's own terms (objective: loss/<config.loss field>)."""
+  if float(jax.device_get(metrics["grad_norm"])) != 0.0:
     return
-  active = ", ".join(f"loss.{k}={config.loss[k]}" for k in _LOSS_WEIGHTS if config.loss[k] > 0)
+  names = [k.removeprefix("loss/") for k in metrics if k.startswith("loss/") and k != "loss/total"]
+  active = ", ".join(f"loss.{k}={config.loss[k]}" for k in names)
   what = (f"the parameters optim.trainable={config.optim.trainable!r} selects"
           if config.optim.trainable else "the model's parameters")
   raise UserError(
