@@ -11,16 +11,20 @@ Ending (`status`, the one place): a `UserError` is one paragraph,
 `--help` status 0; a flag the command does not know, or a bad value, status 2
 (argparse's usage line, or one paragraph for absl's). Nothing else prints an
 error or picks an exit status; `main` adds its out-of-memory and preemption
-messages on top. `main`, `pregenerate` and `benchmark` import this module
-(not each other).
+messages on top. A process ends through `exit_process`, which skips the
+interpreter's shutdown after Ctrl-C (JAX may still be compiling on a thread
+of its own). `main`, `pregenerate` and `benchmark` import this module (not
+each other).
 """
 
+import _thread
 import argparse
 import difflib
 import importlib.util
 import os
 import re
 import sys
+import threading
 
 from ml_collections import config_flags
 
@@ -34,6 +38,7 @@ def status(work, interrupted: str = INTERRUPTED) -> int:
   the code of a `SystemExit` it raises (argparse: 0 for --help, 2 for a usage
   error), 2 with the one-paragraph message for a `UserError`, 130 with the
   line `interrupted` for Ctrl-C."""
+  previous_hook, sys.unraisablehook = sys.unraisablehook, _deliver_swallowed_interrupt
   try:
     work()
   except UserError as e:
@@ -47,7 +52,41 @@ def status(work, interrupted: str = INTERRUPTED) -> int:
       return e.code or 0
     print(e.code, file=sys.stderr, flush=True)
     return 1
+  finally:
+    sys.unraisablehook = previous_hook
   return 0
+
+
+def _deliver_swallowed_interrupt(unraisable):
+  """sys.unraisablehook while a command runs. Python runs a signal's handler
+  wherever the main thread is, and when that is a callback whose exceptions
+  cannot propagate (JAX's garbage-collection callback, a __del__), the
+  KeyboardInterrupt of a Ctrl-C is printed as "Exception ignored" and lost:
+  the command would go on to the end. This delivers the Ctrl-C again, from
+  another thread a moment later, so that its handler runs once the callback
+  has returned; anything else is reported as Python would."""
+  if isinstance(unraisable.exc_value, KeyboardInterrupt):
+    threading.Timer(0.01, _thread.interrupt_main).start()
+  else:
+    sys.__unraisablehook__(unraisable)
+
+
+def exit_process(code: int):
+  """Ends the process with `code` (`status`'s). After Ctrl-C or a termination
+  signal (130, 143) it skips the interpreter's shutdown: a compilation that JAX
+  runs on a thread of its own may still be going, and tearing the runtime down
+  under it crashes the process (SIGSEGV) instead of ending it with the status.
+  Nothing more is lost by skipping it: by then the work has unwound and its
+  `finally` blocks have finished the checkpoints in flight and closed the
+  logs."""
+  if code in (130, 143):
+    for stream in (sys.stdout, sys.stderr):
+      try:
+        stream.flush()
+      except (OSError, ValueError):
+        pass
+    os._exit(code)
+  sys.exit(code)
 
 
 # ------------------------------------------------------------- argparse --
@@ -104,7 +143,7 @@ def run_config_command(main, interrupted: str = INTERRUPTED, required=("config",
     check_overrides(argv)
     flags.mark_flags_as_required(list(required))
     app.run(main, flags_parser=_parse_absl_flags)
-  sys.exit(status(work, interrupted))
+  exit_process(status(work, interrupted))
 
 
 def _parse_absl_flags(argv: list[str]) -> list[str]:

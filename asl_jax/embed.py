@@ -16,7 +16,6 @@ JSON summary.
 """
 
 import os
-import sys
 
 from asl_jax import cli, paths
 from asl_jax.errors import UserError
@@ -87,4 +86,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.exit_process(main())

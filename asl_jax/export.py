@@ -14,7 +14,6 @@ agreement with the JAX model is printed (and a disagreement is an error).
 Needs jax2onnx, installed without its pinned dependencies (the error says how).
 """
 
-import sys
 
 import numpy as np
 
@@ -94,4 +93,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.exit_process(main())

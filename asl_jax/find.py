@@ -23,7 +23,6 @@ and prints a JSON summary.
 import collections
 import dataclasses
 import os
-import sys
 
 from asl_jax import cli
 from asl_jax.errors import UserError
@@ -115,4 +114,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.exit_process(main())

@@ -21,7 +21,6 @@ of reverse crops that any threshold removes while removing at most
 import argparse
 import dataclasses
 import json
-import sys
 
 import ml_collections
 import numpy as np
@@ -126,4 +125,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.exit_process(main())

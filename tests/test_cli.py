@@ -10,6 +10,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -128,3 +129,60 @@ def test_an_unknown_absl_flag_is_one_paragraph_and_status_2():
   assert r.returncode == 2 and "Traceback" not in r.stderr and "FATAL" not in r.stderr
   assert r.stderr.strip() == ("asl_jax: error: Unknown command line flag 'no_such_flag'. "
                               "--help lists the flags."), r.stderr
+
+
+def test_every_command_ends_its_process_through_exit_process():
+  """A `__main__` block that ends with sys.exit(main()) would let Python's
+  shutdown run after Ctrl-C, which crashes while JAX compiles on its own thread."""
+  for module in sorted(_command_lines()):
+    name = module.replace(".", "/")
+    path = pathlib.Path(ROOT) / (name + ".py")
+    path = path if path.exists() else pathlib.Path(ROOT) / name / "__main__.py"
+    text = path.read_text()
+    assert "sys.exit(main())" not in text, module
+    assert "exit_process(" in text or "run_config_command(" in text, module
+
+
+def test_ctrl_c_ends_the_process_without_waiting_for_other_threads():
+  """After Ctrl-C the process ends at once with 130. Python's own shutdown
+  would first wait for (and tear the runtime down under) threads still at work:
+  here one that sleeps a minute, in the field a compilation on JAX's threads,
+  where it ended in a segmentation fault instead of status 130."""
+  code = ("import threading, time\nfrom asl_jax import cli\n"
+          "threading.Thread(target=time.sleep, args=(60,)).start()\n"
+          "def work():\n  raise KeyboardInterrupt\n"
+          "cli.exit_process(cli.status(work))\n")
+  start = time.monotonic()
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=50, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert r.returncode == 130 and r.stderr == cli.INTERRUPTED + "\n", r.stderr
+  assert time.monotonic() - start < 40
+
+
+def test_a_ctrl_c_swallowed_by_a_callback_still_stops_the_command():
+  """Python runs the Ctrl-C handler wherever the main thread is. Inside a
+  garbage-collection callback (JAX has one) the KeyboardInterrupt cannot
+  propagate: Python prints "Exception ignored" and the command went on to
+  its end. `status` raises it again once the callback has returned."""
+  import gc
+  fired, finished = [], []
+
+  def callback(phase, info):
+    if not fired:
+      fired.append(phase)
+      raise KeyboardInterrupt
+
+  def work():
+    gc.callbacks.append(callback)
+    try:
+      gc.collect()
+      for _ in range(2000):
+        time.sleep(0.001)
+    finally:
+      gc.callbacks.remove(callback)
+    finished.append(True)
+
+  hook = sys.unraisablehook
+  assert cli.status(work) == 130
+  assert fired and not finished
+  assert sys.unraisablehook is hook

@@ -12,7 +12,6 @@ photos' (about 60-90 kB at 640x480, quality 90), not like flat test patterns.
 import dataclasses
 import os
 import shutil
-import sys
 
 import numpy as np
 from PIL import Image
@@ -178,4 +177,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.exit_process(main())

@@ -12,7 +12,6 @@ message that names the files and says what to do, and exit status 2.
 """
 
 import os
-import sys
 import time
 
 import tensorflow_datasets as tfds
@@ -93,4 +92,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.exit_process(main())
