@@ -302,3 +302,26 @@ def test_embed_export_find_end_ctrl_c_and_errors_in_one_line(raised, status, lin
                      timeout=120)
   assert r.returncode == status and r.stderr.strip() == line, r.stderr
   assert r.stdout == ""
+
+
+# ------------------------------------------------------- CSVs not in UTF-8 --
+def test_csv_files_that_are_not_utf8_are_one_paragraph(tmp_path):
+  """A Latin-1 queries.csv, a ground truth that is an HDF5 file and an HDF5 file
+  given as --predictions were UnicodeDecodeError tracebacks (status 1)."""
+  from tfds_ndec import folder, manual
+  latin = tmp_path / "queries.csv"
+  latin.write_bytes("query_id,kind,reference_id,detail\nQ1,distractor,,café\n".encode("latin-1"))
+  with pytest.raises(manual.NdecInputError, match=r"queries.csv is not UTF-8 text \(byte 52"
+                     r".*a queries.csv \(query_id,kind.*save a CSV .* as UTF-8"):
+    folder.read_query_kinds(str(latin))
+  h5 = tmp_path / "gt.csv"
+  h5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)))
+  with pytest.raises(manual.GroundTruthError, match=r"gt.csv, an HDF5 file \(descriptors\?\), "
+                     r"is not UTF-8 text \(byte 0.*a ground truth \(query_id,reference_id"):
+    manual.read_ground_truth(str(h5))
+  good = tmp_path / "good.csv"
+  good.write_text("query_id,reference_id\nQ1,R1\n")
+  r = _run("asl_jax.evaluate", "--predictions", str(h5), "--ground_truth", str(good))
+  _one_paragraph(r, "an HDF5 file (descriptors?), is not UTF-8 text",
+                 "a predictions CSV (query_id,reference_id,score rows) was expected")
+  assert r.stderr.count("\n") == 1

@@ -19,12 +19,12 @@ another folder under a name already taken is refused. Everything is checked
 before any image is read; errors name the files, lines and ids.
 """
 
-import csv
 import dataclasses
 import hashlib
 import os
 import re
 
+from asl_jax import errors
 from tfds_ndec import manual
 
 ANY_ID = r"[^/\\]+"
@@ -72,8 +72,8 @@ def edit_names(detail: str) -> str:
 
 def read_query_kinds(path: str) -> dict[str, tuple[int, QueryKind, str]]:
   """query id -> (line, kind, reference_id column) of a queries.csv."""
-  with open(path, encoding="utf-8-sig", newline="") as f:
-    rows = list(csv.reader(f))
+  rows = errors.csv_rows(path, "a queries.csv (query_id,kind,reference_id,detail)",
+                         manual.NdecInputError)
   if not rows or [x.strip().lower() for x in rows[0]][:1] != ["query_id"]:
     raise manual.NdecInputError(
         f"{path}: the first line must be a header starting with query_id and naming "

@@ -7,7 +7,6 @@ an `NdecInputError` whose message names the files, lines and paths involved
 and says what to do; nothing is dropped silently.
 """
 
-import csv
 import dataclasses
 import glob
 import io
@@ -16,6 +15,7 @@ import re
 
 from PIL import Image, ImageFile
 
+from asl_jax import errors
 from asl_jax.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -231,8 +231,7 @@ def read_ground_truth(path: str) -> list[GroundTruthRow]:
   extra columns named in a header. Malformed and duplicate rows are an error
   naming the file, their line numbers and the first few of them.
   """
-  with open(path, encoding="utf-8-sig", newline="") as f:
-    lines = list(csv.reader(f))
+  lines = errors.csv_rows(path, "a ground truth (query_id,reference_id rows)", GroundTruthError)
   header, rows, malformed, first_line = None, [], [], {}
   for number, fields in enumerate(lines, start=1):
     fields = [x.strip() for x in fields]

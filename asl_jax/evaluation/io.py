@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from asl_jax import errors
 from asl_jax.errors import UserError
 
 
@@ -28,14 +29,13 @@ class FormatError(UserError):
   """A malformed input file; the message names the file and line."""
 
 
-def _rows(path: str):
-  """(line number, fields) of the non-blank lines of a CSV file."""
+def _rows(path: str, what: str):
+  """(line number, fields) of the non-blank lines of a CSV file, `what` it should be."""
   if not os.path.exists(path):
     raise FormatError(f"{path}: no such file.")
-  with open(path, newline="", encoding="utf-8-sig") as f:
-    for lineno, fields in enumerate(csv.reader(f), 1):
-      if any(x.strip() for x in fields):
-        yield lineno, [x.strip() for x in fields]
+  for lineno, fields in enumerate(errors.csv_rows(path, what, FormatError), 1):
+    if any(x.strip() for x in fields):
+      yield lineno, [x.strip() for x in fields]
 
 
 def _looks_like_header(fields) -> bool:
@@ -52,7 +52,7 @@ def read_ground_truth(path: str) -> list[tuple[str, str]]:
   A header is `query_id,reference_id` or none; a first row that names the
   columns otherwise is an error (it would count as a copy pair)."""
   out, seen, bad = [], {}, []
-  for lineno, fields in _rows(path):
+  for lineno, fields in _rows(path, "a ground truth (query_id,reference_id rows)"):
     if fields[:2] == ["query_id", "reference_id"]:
       continue
     if not out and not bad and _looks_like_header(fields):
@@ -86,7 +86,7 @@ class Predictions:
 def read_predictions(path: str) -> Predictions:
   """Rows of an ISC predictions CSV; duplicates and bad rows are errors."""
   q, r, s, bad, seen = [], [], [], [], {}
-  for lineno, fields in _rows(path):
+  for lineno, fields in _rows(path, "a predictions CSV (query_id,reference_id,score rows)"):
     if fields[:3] == ["query_id", "reference_id", "score"]:
       continue
     if len(fields) != 3 or not fields[0] or not fields[1]:
