@@ -99,6 +99,33 @@ def test_a_folder_set_loads_with_its_kinds_and_edits(tmp_path):
   assert data.query_metadata(b2)["q_reverse"]["kind"] == "negative"  # No queries.csv.
 
 
+def test_a_prepared_folder_set_whose_folder_changed_is_refused(tmp_path):
+  """The prepared copy was used without a word after the folder changed."""
+  import shutil
+  make_set(tmp_path / "mine", train=False)
+  cfg = cfg_for(tmp_path / "mine", tmp_path / "data")
+  logs = []
+  data.prepare(cfg, log=logs.append)
+  data.prepare(cfg, log=logs.append)  # Unchanged: reused.
+  assert logs[-1].startswith("Using ndec/folder_mine/1.1.0")
+  refs = tmp_path / "mine" / "references"
+  shutil.copy(refs / "ref_1.jpg", refs / "ref_9.jpg")
+  for attempt in (cfg, cfg_for("", tmp_path / "data")):  # Also without manual_dir.
+    with pytest.raises(UserError, match=r"mine has changed since ndec/folder_mine/1.1.0 was "
+                       r"prepared from it.*images were added, removed.*delete .*folder_mine"):
+      data.prepare(attempt, log=lambda _: None)
+  os.remove(refs / "ref_9.jpg")
+  data.prepare(cfg, log=lambda _: None)  # As it was: reused.
+  gt = tmp_path / "mine" / "ground_truth.csv"
+  gt.write_text(gt.read_text() + "\n")  # Any edit to a CSV counts.
+  with pytest.raises(UserError, match="has changed since"):
+    data.prepare(cfg, log=lambda _: None)
+  shutil.rmtree(tmp_path / "mine" / "queries")
+  with pytest.raises(UserError,
+                     match=r"(?s)has changed and is no longer a valid set: .*query images"):
+    data.prepare(cfg, log=lambda _: None)
+
+
 def test_an_unprepared_set_without_a_folder_says_how(tmp_path):
   c = cfg_for("", tmp_path / "data")
   with pytest.raises(UserError, match="manual_dir=<folder>"):
@@ -272,3 +299,29 @@ def test_the_development_set_loads_with_its_kinds(tmp_path):
     kinds[key] = kinds.get(key, 0) + 1
   assert kinds == counts["queries_by_kind"]
   assert all(m["edits"] for m in meta.values() if m["kind"] == "copy")
+
+
+def test_webp_bmp_and_tiff_images_are_read_and_other_files_are_named(tmp_path, capsys):
+  """Only .jpg/.jpeg/.png were read: a .webp reference was left out without a
+  word (the set then had one reference fewer)."""
+  make_set(tmp_path / "mine", train=False)
+  refs, queries = tmp_path / "mine" / "references", tmp_path / "mine" / "queries"
+  Image.open(refs / "ref_2.jpg").save(refs / "ref_2.webp")
+  os.remove(refs / "ref_2.jpg")
+  Image.open(refs / "ref_3.jpg").save(refs / "ref_3.tif")
+  os.remove(refs / "ref_3.jpg")
+  Image.open(queries / "q_crop.jpg").save(queries / "q_crop.bmp")
+  os.remove(queries / "q_crop.jpg")
+  (refs / "ref_7.heic").write_bytes(b"\0" * 64)
+  (refs / "notes.txt").write_text("not an image")
+  (refs / ".DS_Store").write_bytes(b"\0")
+  b = data.prepare(cfg_for(tmp_path / "mine", tmp_path / "data"), log=lambda _: None)
+  assert {k: v.num_examples for k, v in b.info.splits.items()} == {"references": 5,
+                                                                   "queries": 5}
+  logs = capsys.readouterr().out.splitlines()  # The scan prints its notes.
+  notes = [m for m in logs if "not images of a format read here" in m]
+  assert len(notes) == 1 and "2 files among the reference images" in notes[0], logs
+  assert "notes.txt" in notes[0] and "ref_7.heic" in notes[0] and ".DS_Store" not in notes[0]
+  found = eval_io.image_files(str(refs))
+  assert sorted(found) == ["ref_0", "ref_1", "ref_2", "ref_3", "ref_crop"]
+  assert found["ref_2"].endswith("ref_2.webp")

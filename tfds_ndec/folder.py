@@ -169,7 +169,7 @@ def scan(folder: str, log=print) -> tuple[dict[str, list], dict]:
   for split, images in found.items():
     if not images:
       raise manual.ManualDirError(f"{os.path.join(folder, split)} holds no images "
-                                  f"(.jpg, .jpeg, .png).\n\nExpected:\n{LAYOUT}")
+                                  f"({', '.join(manual.IMAGE_EXTENSIONS)}).\n\nExpected:\n{LAYOUT}")
   shared = []
   splits = list(found)
   for i, a in enumerate(splits):

@@ -15,10 +15,11 @@ import re
 
 from PIL import Image, ImageFile
 
-from asl_jax import errors
+from asl_jax import errors, image_folder
 from asl_jax.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# The formats PIL reads here (asl_jax.image_folder); other files are listed and left out.
+IMAGE_EXTENSIONS = image_folder.IMAGE_EXTENSIONS
 _SHOW = 5  # Offending rows/paths quoted in an error message.
 
 
@@ -133,12 +134,14 @@ def scan_part(manual_dir: str, part: Part, log=print) -> dict[str, SourceImage]:
   image files whose names are not ids of this part are counted and reported.
   """
   pattern = re.compile(part.id_pattern)
-  found, dupes, ignored = {}, [], []
+  found, dupes, ignored, other = {}, [], [], []
   for folder in part_dirs(manual_dir, part):
     for root, dirnames, filenames in os.walk(folder):
       dirnames.sort()
       for name in sorted(filenames):
         if not _is_image(name):
+          if not name.startswith("."):
+            other.append(os.path.join(root, name))
           continue
         path = os.path.join(root, name)
         stem = os.path.splitext(name)[0]
@@ -155,6 +158,10 @@ def scan_part(manual_dir: str, part: Part, log=print) -> dict[str, SourceImage]:
         f"{len(dupes)} ids of the {part.what} appear in more than one file "
         f"under {manual_dir}; keep one file per id. First: "
         + "; ".join(dupes[:_SHOW]))
+  if other:
+    log(f"Note: {len(other)} files among the {part.what} are not images of a format read "
+        f"here ({', '.join(IMAGE_EXTENSIONS)}) and are left out: "
+        + ", ".join(other[:_SHOW]) + (", ..." if len(other) > _SHOW else ""))
   if ignored:
     log(f"Note: {len(ignored)} image files beside the {part.what} are not "
         f"named like its ids ({part.id_pattern}) and are not part of the "

@@ -146,16 +146,35 @@ def folder_config(name: str, max_side: int = 0, jpeg_quality: int = 90) -> NdecC
 
 
 def check_folder_origin(builder, manual_dir: str):
-  """A prepared folder set must come from `manual_dir`: refuses to reuse a
-  name already prepared from another folder (the two would be confused)."""
+  """A prepared folder set must come from `manual_dir` as that folder is now:
+  refuses to reuse a name already prepared from another folder (the two would
+  be confused), or from this folder before its images or CSVs changed (the
+  old copy would be used without a word). The folder is scanned again for
+  that (file names and sizes, the CSVs' bytes; no image is read)."""
   meta = builder.info.metadata or {}
   origin = meta.get("folder")
+  again = (f"Give this set another name (config.data.name=folder/<name>, or --name of "
+           f"`python -m tfds_ndec.prepare folder`), or delete {builder.data_dir} to prepare "
+           "it again.")
   if origin and manual_dir and os.path.abspath(os.path.expanduser(manual_dir)) != origin:
     raise manual.NdecInputError(
         f"{builder.info.full_name} in {builder.data_dir} was prepared from {origin}, not "
-        f"from {os.path.abspath(manual_dir)}. Give this set another name (config.data.name, "
-        "or --name of `python -m tfds_ndec.prepare folder`), or delete that directory to "
-        "prepare it again.")
+        f"from {os.path.abspath(manual_dir)}. " + again)
+  stored = meta.get("files_sha1")
+  if not (origin and stored and os.path.isdir(origin)):
+    return  # Prepared before the digest was kept, or the folder has gone: use the copy.
+  try:
+    _, now = folder.scan(origin, log=lambda *_: None)
+  except manual.NdecInputError as e:
+    raise manual.NdecInputError(
+        f"{origin}, which {builder.info.full_name} was prepared from, has changed and is no "
+        f"longer a valid set: {e}") from None
+  if now["files_sha1"] != stored:
+    raise manual.NdecInputError(
+        f"{origin} has changed since {builder.info.full_name} was prepared from it into "
+        f"{builder.data_dir}: images were added, removed, renamed or changed in size, or "
+        "its ground truth or queries.csv was edited. The prepared copy would be used as it "
+        "was. " + again)
 
 
 class Builder(tfds.core.ShardBasedBuilder):

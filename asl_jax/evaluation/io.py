@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from asl_jax import errors
+from asl_jax import errors, image_folder
 from asl_jax.errors import UserError
 
 
@@ -141,7 +141,7 @@ def _clean_id(name) -> str:
   name = name.decode() if isinstance(name, bytes) else str(name)
   name = os.path.basename(name)
   root, ext = os.path.splitext(name)
-  return root if ext.lower() in (".jpg", ".jpeg", ".png") else name
+  return root if ext.lower() in image_folder.IMAGE_EXTENSIONS else name
 
 
 def write_descriptors(path: str, ids: Sequence[str], vectors: np.ndarray, **extra):
@@ -252,14 +252,14 @@ def read_gate_norms(path: str) -> dict[str, float] | None:
 
 
 def image_files(folder: str) -> dict[str, str]:
-  """id (file stem) -> path of every .jpg/.jpeg/.png under `folder`; an id
-  found twice is an error naming both files."""
+  """id (file stem) -> path of every image (image_folder.IMAGE_EXTENSIONS)
+  under `folder`; an id found twice is an error naming both files."""
   out = {}
   for root, dirs, files in os.walk(folder):
     dirs.sort()
     for name in sorted(files):
       stem, ext = os.path.splitext(name)
-      if ext.lower() not in (".jpg", ".jpeg", ".png"):
+      if ext.lower() not in image_folder.IMAGE_EXTENSIONS:
         continue
       path = os.path.join(root, name)
       if stem in out:
