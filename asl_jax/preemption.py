@@ -43,8 +43,11 @@ class PreemptionWatch:
       raise KeyboardInterrupt  # The second Ctrl-C: stop now, without a checkpoint.
     self.requested, self.signum = True, signum
     # os.write, not print: the handler may run while the main thread is printing.
-    os.write(2, f"{self.signal_name} received: stopping after this step with a checkpoint "
-                "(press Ctrl-C again to stop at once, without one).\n".encode())
+    # The loop runs a few steps ahead of the device (asynchronous dispatch); those
+    # already dispatched finish first, so the stop can come a few steps later.
+    os.write(2, f"{self.signal_name} received: stopping with a checkpoint once the steps "
+                "already dispatched have finished (press Ctrl-C again to stop at once, "
+                "without one).\n".encode())
 
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:
