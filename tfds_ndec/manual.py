@@ -349,6 +349,9 @@ def load_image(path: str, encoding: Encoding) -> bytes:
         return data
       return encode(im.convert("RGB"), "JPEG" if fmt == "JPEG" else "PNG",
                     encoding.jpeg_quality)
+  except Image.UnidentifiedImageError:
+    raise BadImageError(f"{path}: not an image PIL can identify (empty, cut off, or another "
+                        "kind of file with an image's name)") from None
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
     raise BadImageError(f"{path}: {type(e).__name__}: {e}") from None
 

