@@ -391,3 +391,28 @@ def test_training_view_norms_take_the_gate_sizes_from_views_made_at_the_largest(
   assert {tuple(tuple(s[1:]) for s in shapes) for shapes in seen} == {
       ((40, 40, 3), (24, 24, 3), (64, 64, 3))}
   assert np.abs(norms[:, 0] - norms[:, 1]).max() > 1.0  # Sources and their views differ.
+
+
+def test_the_printed_table_keeps_its_columns_for_long_kind_names():
+  """`hard_negative:reverse_crop` was longer than the label column and pushed
+  its row's numbers out of line."""
+  from asl_jax.evaluation import report as report_lib
+  cats = ["distractor", "hard_negative:reverse_crop", "hard_negative:same_scene", "true_copy"]
+  metrics = {"micro_ap": 0.5, "recall_at_p90": 0.25, "recall_at_rank_1": 0.75}
+  counts = {c: {"before": 10 + i, "after": i} for i, c in enumerate(cats)}
+  removed = {"true_copy": 0.1, "hard_negative:reverse_crop": 1.0,
+             "hard_negative:same_scene": 0.5}
+  rep = {n: metrics for n in ("without_gate", "with_gate", "soft_gate", "calibrated_gate",
+                              "decision")}
+  rep.update(decision_settings={"decision": "verify_else_norm"},
+             gate={"counts": counts, "removed_fraction": removed},
+             decisions={"decision": {"counts": counts, "removed_fraction": removed}})
+  lines = report_lib.format_table(rep).splitlines()
+  metric_rows, pair_rows = lines[1:5], lines[5:5 + 1 + len(cats)]
+  assert pair_rows[0].startswith("predicted pairs:")
+  assert len({len(x) for x in metric_rows}) == 1, "\n".join(metric_rows)
+  assert len({len(x) for x in pair_rows}) == 1, "\n".join(pair_rows)
+  row = next(x for x in pair_rows if "reverse_crop" in x)
+  assert row.split() == ["hard_negative:reverse_crop", "11", "1", "1"]
+  assert row.index("11") + 2 == pair_rows[0].index("before") + len("before")
+  assert metric_rows[0].index("no gate") + 7 == pair_rows[0].index("before") + 6  # One grid.

@@ -206,7 +206,9 @@ def embed_split(embed_fn, state, source, image_size, batch_size, mesh,
       desc, norms = np.zeros((n, d.shape[1]), d.dtype), np.zeros(n, g.dtype)
     desc[indices], norms[indices] = d, g
     done += len(indices)
-    log(f"  embedded {name} {done}/{n} ({done / (time.time() - t0):.0f} images/s"
+    rate = done / (time.time() - t0)  # Compilation included: a small split shows < 1/s.
+    rate = f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
+    log(f"  embedded {name} {done}/{n} ({rate} images/s"
         + (f"; {len(indices)} at {shape[0]}x{shape[1]}" if len(groups) > 1 else "") + ")")
   if desc is None:
     raise ValueError(f"the {name} split is empty")

@@ -146,18 +146,19 @@ def format_table(report: dict) -> str:
   names = ["without_gate", "with_gate", "soft_gate", "calibrated_gate", "decision"]
   heads = ["no gate", "ASL gate", "soft gate", "calibr.", "decision"]
   cols = [report[n] for n in names]
-  row = lambda name, key: f"{name:24s}" + "".join(f"{f(x[key]):>10s}" for x in cols)
+  g, d = report["gate"], report["decisions"]["decision"]
+  w = max([24] + [len(cat) + 3 for cat in g["counts"]])  # The label column, for the longest.
+  row = lambda name, key: f"{name:{w}s}" + "".join(f"{f(x[key]):>10s}" for x in cols)
   decision = report["decision_settings"]["decision"]
   lines = [
       "",
-      f"{'':24s}" + "".join(f"{h:>10s}" for h in heads),
+      f"{'':{w}s}" + "".join(f"{h:>10s}" for h in heads),
       row("μAP", "micro_ap"), row("Recall@P90", "recall_at_p90"),
       row("Recall@1", "recall_at_rank_1"),
-      f"{'predicted pairs:':24s}{'before':>10s}{'ASL gate':>10s}{'decision':>10s}",
+      f"{'predicted pairs:':{w}s}{'before':>10s}{'ASL gate':>10s}{'decision':>10s}",
   ]
-  g, d = report["gate"], report["decisions"]["decision"]
   for cat, c in g["counts"].items():
-    lines.append(f"  {cat:22s}{c['before']:>10d}{c['after']:>10d}"
+    lines.append(f"  {cat:{w - 2}s}{c['before']:>10d}{c['after']:>10d}"
                  f"{d['counts'][cat]['after']:>10d}")
   for label, rep in (("the paper's ASL gate", g), (f"the decision ({decision})", d)):
     rf = rep["removed_fraction"]
