@@ -49,21 +49,23 @@ def _looks_like_header(fields) -> bool:
 def read_ground_truth(path: str) -> list[tuple[str, str]]:
   """(query id, reference id or '') rows of an ISC ground-truth CSV.
 
-  A header is `query_id,reference_id` or none; a first row that names the
-  columns otherwise is an error (it would count as a copy pair)."""
-  out, seen, bad = [], {}, []
+  A header is `query_id,reference_id` (more columns after them are read past,
+  as when a set is prepared) or none; a first row that names the columns
+  otherwise is an error (it would count as a copy pair)."""
+  out, seen, bad, width = [], {}, [], 2
   for lineno, fields in _rows(path, "a ground truth (query_id,reference_id rows)"):
     if fields[:2] == ["query_id", "reference_id"]:
+      width = max(2, len(fields))
       continue
     if not out and not bad and _looks_like_header(fields):
       raise FormatError(
           f"{path}: line {lineno} {','.join(fields)!r} looks like a header, but the header "
           "of a ground truth is exactly 'query_id,reference_id' (or none); as it is, it "
           "would be read as a copy pair. Rename it to query_id,reference_id or remove it.")
-    if len(fields) not in (1, 2) or not fields[0]:
+    if len(fields) not in (1, 2, width) or not fields[0]:
       bad.append(f"line {lineno}: {','.join(fields)!r}")
       continue
-    q, r = fields[0], fields[1] if len(fields) == 2 else ""
+    q, r = fields[0], fields[1] if len(fields) >= 2 else ""
     if q in seen:
       bad.append(f"line {lineno}: query {q} already on line {seen[q]}")
       continue
