@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import tfds_ndec
+from asl_jax import pil_image
 from asl_jax.errors import CorruptImageError, UserError
 
 SPLITS = ("train", "train_negative_pairs", "references", "queries")
@@ -203,7 +204,7 @@ def decode_pil(data: bytes, record: dict, min_size: int = 0) -> Image.Image:
     with Image.open(io.BytesIO(data)) as im:
       if min_size:
         im.draft("RGB", (min_size, min_size))
-      return im.convert("RGB")
+      return pil_image.to_rgb(im)
   except Exception as e:
     raise CorruptImageError(
         f"Image {text(record.get('id', '?'))} (source file "

@@ -20,6 +20,8 @@ from concurrent import futures
 import numpy as np
 from PIL import Image, ImageOps
 
+from asl_jax import pil_image
+
 # Formats PIL decodes without plugins; HEIC/HEIF, RAW and the like are not.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 _ORIENTATION = 0x0112  # EXIF tag.
@@ -93,7 +95,7 @@ def scan(root: str, workers: int = 8) -> Folder:
 def load_pil(path: str) -> Image.Image:
   """The image upright (EXIF orientation applied), as RGB."""
   with Image.open(path) as im:
-    return ImageOps.exif_transpose(im).convert("RGB")
+    return pil_image.to_rgb(ImageOps.exif_transpose(im))
 
 
 def load(path: str) -> np.ndarray:

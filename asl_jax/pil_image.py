@@ -15,6 +15,27 @@ def to_pil(image: Array | Img) -> Img:
   return Image.fromarray(image)
 
 
+def to_rgb(image: Img) -> Img:
+  """An RGB PIL image of any mode. 16- and 32-bit greyscale ("I;16", "I")
+  are scaled to 8 bits first: PIL's convert("RGB") clips them at 255, which
+  turned a 16-bit PNG into a white image. An "I" image whose values all fit
+  in 8 bits is taken as 8-bit; floating point ("F") as 0-1 when it fits."""
+  if image.mode == "RGB":
+    return image
+  if image.mode.startswith("I") or image.mode == "F":
+    a = np.asarray(image, dtype=np.float64)
+    top = a.max(initial=0.0)
+    if image.mode.startswith("I;16") or top > 255:
+      scale = 255.0 / 65535.0
+    elif image.mode == "F" and top <= 1.0:
+      scale = 255.0
+    else:
+      scale = 1.0
+    grey = np.clip(np.round(a * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, "L").convert("RGB")
+  return image.convert("RGB")
+
+
 def to_array(image: Img) -> Array:
   """A uint8 HxWx3 array of an image (converted to RGB where it is not)."""
   return np.asarray(image.convert("RGB") if image.mode != "RGB" else image, dtype=np.uint8)

@@ -1,6 +1,7 @@
 """`python -m asl_jax.embed`: folders and prepared splits embedded as the
 run's evaluation embeds them, in the layout `evaluate` and `gate` read."""
 
+import io as io_lib
 import json
 import os
 import shutil
@@ -180,3 +181,24 @@ def test_gate_sizes_average_the_gate_norm_over_sides(tiny_run, tiny_builder, tmp
   assert line in printed.err, printed.err
   np.testing.assert_allclose(io.read_gate_norms(out)[data.text(src[0]["id"])], expected[0],
                              rtol=1e-4)
+
+
+def test_16_bit_and_float_greyscale_images_read_as_their_8_bit_selves(tmp_path):
+  """PIL's convert("RGB") clips 16-bit greyscale at 255: a 16-bit PNG was read
+  as a white image (embedded far from its 8-bit twin, never found as a copy)."""
+  from asl_jax import pil_image
+  from tfds_ndec import manual
+  grey = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (48, 1))  # A ramp, 48 x 64.
+  Image.fromarray(grey, "L").save(tmp_path / "g8.png")
+  Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+  assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+  want = np.repeat(grey[..., None], 3, axis=2)
+  for path in ("g8.png", "g16.png"):
+    got = np.asarray(image_folder.load_pil(str(tmp_path / path)))
+    assert np.array_equal(got, want), path
+    stored = manual.load_image(str(tmp_path / path), manual.Encoding(0, 90))
+    assert np.array_equal(np.asarray(Image.open(io_lib.BytesIO(stored))), want), path
+  as_float = Image.fromarray(grey.astype(np.float32) / 255.0, "F")
+  assert np.abs(np.asarray(pil_image.to_rgb(as_float)).astype(int) - want).max() <= 1
+  small = Image.fromarray(grey.astype(np.int32), "I")  # 32-bit holding 8-bit values.
+  assert np.array_equal(np.asarray(pil_image.to_rgb(small)), want)

@@ -15,7 +15,7 @@ import re
 
 from PIL import Image, ImageFile
 
-from asl_jax import errors, image_folder
+from asl_jax import errors, image_folder, pil_image
 from asl_jax.errors import UserError
 
 # The formats PIL reads here (asl_jax.image_folder); other files are listed and left out.
@@ -342,12 +342,12 @@ def load_image(path: str, encoding: Encoding) -> bytes:
         scale = side / max(im.size)
         size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
         im.draft("RGB", size)  # JPEG: decode at a reduced scale when possible.
-        out = im.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+        out = pil_image.to_rgb(im).resize(size, Image.Resampling.BICUBIC)
         return encode(out, "JPEG", encoding.jpeg_quality)
       im.load()
       if fmt in ("JPEG", "PNG") and im.mode == "RGB":
         return data
-      return encode(im.convert("RGB"), "JPEG" if fmt == "JPEG" else "PNG",
+      return encode(pil_image.to_rgb(im), "JPEG" if fmt == "JPEG" else "PNG",
                     encoding.jpeg_quality)
   except Image.UnidentifiedImageError:
     raise BadImageError(f"{path}: not an image PIL can identify (empty, cut off, or another "

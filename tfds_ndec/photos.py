@@ -33,7 +33,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from asl_jax import cli, copy_edits
+from asl_jax import cli, copy_edits, pil_image
 from asl_jax import paths as output_paths
 from asl_jax.errors import UserError
 from tfds_ndec import manual, synthetic
@@ -59,7 +59,7 @@ def read_photo(path: str, max_side: int) -> Image.Image:
   try:
     with Image.open(path) as im:
       im.draft("RGB", (max_side, max_side))
-      im = im.convert("RGB")
+      im = pil_image.to_rgb(im)
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
     raise manual.BadImageError(f"{path}: {type(e).__name__}: {e}") from None
   scale = max_side / max(im.size)

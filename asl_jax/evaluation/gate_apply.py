@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from asl_jax import pil_image
 from asl_jax.errors import UserError
 from asl_jax.evaluation import decisions
 from asl_jax.evaluation import io as eval_io
@@ -49,7 +50,7 @@ def image_loader(where):
   def load(image_id: str) -> np.ndarray:
     try:
       with Image.open(files[image_id]) as im:
-        return np.asarray(im.convert("RGB"))
+        return np.asarray(pil_image.to_rgb(im))
     except (OSError, ValueError, SyntaxError) as e:
       raise UserError(f"{files[image_id]} could not be read as an image ({e}); replace the "
                       "file or leave its pairs out of the predictions.") from None
