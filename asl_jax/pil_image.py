@@ -19,9 +19,10 @@ def to_rgb(image: Img) -> Img:
   """An RGB PIL image of any mode. 16- and 32-bit greyscale ("I;16", "I")
   are scaled to 8 bits first: PIL's convert("RGB") clips them at 255, which
   turned a 16-bit PNG into a white image. An "I" image whose values all fit
-  in 8 bits is taken as 8-bit; floating point ("F") as 0-1 when it fits."""
+  in 8 bits is taken as 8-bit; floating point ("F") as 0-1 when it fits.
+  Always a new, loaded image, as convert's, so the file may be closed after."""
   if image.mode == "RGB":
-    return image
+    return image.copy()
   if image.mode.startswith("I") or image.mode == "F":
     a = np.asarray(image, dtype=np.float64)
     top = a.max(initial=0.0)
