@@ -59,6 +59,8 @@ def parse(argv=None):
   p.add_argument("--max_results", type=int, default=0,
                  help="Refuse more predictions than this (0 = no cap).")
   p.add_argument("--write_predictions", help="Also write the predictions here.")
+  p.add_argument("--overwrite", action="store_true",
+                 help="Replace an existing --write_predictions (once the new file is complete).")
   return p.parse_args(argv)
 
 
@@ -172,7 +174,8 @@ def run(a) -> dict:
                               "--train_descriptors": a.train_descriptors},
               a.k, a.global_budget)
   if a.write_predictions:
-    paths.output_file(a.write_predictions, "--write_predictions", "the predictions")
+    paths.new_output_file(a.write_predictions, "--write_predictions", a.overwrite,
+                          "the predictions")
   gt_rows = io.read_ground_truth(a.ground_truth)
   if a.predictions:
     p = io.read_predictions(a.predictions)

@@ -71,9 +71,13 @@ def run(args, log=print) -> dict:
   from asl_jax.evaluation import decisions
   if not os.path.isdir(args.images):
     raise UserError(f"--images {args.images} is not a folder.")
-  if args.k < 1 or not -1.0 <= args.threshold <= 1.0:
-    raise UserError(f"--k {args.k} must be at least 1 and --threshold {args.threshold} a "
-                    "cosine between -1 and 1.")
+  if args.k < 1:
+    raise UserError(f"--k {args.k}: give the number of neighbours to verify, at least 1.")
+  if not -1.0 <= args.threshold <= 1.0:
+    raise UserError(f"--threshold {args.threshold}: give a cosine between -1 and 1.")
+  if args.workers < 0:
+    raise UserError(f"--workers {args.workers}: give the verification threads, or 0 for "
+                    "one per core.")
   _check_out(args.out, args.overwrite)
   config = inference.read_config(args.workdir)
   folder = image_folder.scan(args.images)

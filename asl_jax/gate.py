@@ -15,6 +15,7 @@ parses the flags, loads the files and prints.
 """
 
 import json
+import math
 import os
 import sys
 
@@ -54,6 +55,8 @@ def parse(argv=None):
   p.add_argument("--data_dir", default="", help="Where --dataset is prepared (default: "
                  "$TFDS_DATA_DIR or ~/tensorflow_datasets).")
   p.add_argument("--output", required=True, help="Where the kept predictions go (CSV).")
+  p.add_argument("--overwrite", action="store_true",
+                 help="Replace an existing --output (once the new file is complete).")
   p.add_argument("--ground_truth", help="CSV query_id,reference_id: print the metrics.")
   p.add_argument("--decision", choices=decisions.DECISIONS, help="Default: the run's (gate.json).")
   p.add_argument("--rescore", type=float, help="Default: the run's (gate.json).")
@@ -76,7 +79,13 @@ def run(args):
     for path in (queries, references):
       if not os.path.isdir(path):
         raise UserError(f"{path} is not a folder of images.")
-  paths.output_file(args.output, "--output", "the kept predictions")
+  if args.workers < 0:
+    raise UserError(f"--workers {args.workers}: give the verification threads, or 0 for "
+                    "one per core.")
+  if args.rescore is not None and not math.isfinite(args.rescore):
+    raise UserError(f"--rescore {args.rescore}: give the finite amount added to the score "
+                    "of a verified copy (0: none).")
+  paths.new_output_file(args.output, "--output", args.overwrite, "the kept predictions")
   pred = eval_io.read_predictions(args.predictions)
   gt_rows = eval_io.read_ground_truth(args.ground_truth) if args.ground_truth else None
   result = gate_apply.apply((pred.query_ids, pred.reference_ids, pred.scores), args.workdir,

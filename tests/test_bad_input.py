@@ -88,6 +88,11 @@ def test_benchmark_json_in_a_missing_folder_and_zero_steps_exit_2_before_compili
   _one_paragraph(r, "--json=", "does not exist")
   r = _run("asl_jax.benchmark", "--config", "configs/asl.py", "--only", "train", "--steps", "0")
   _one_paragraph(r, "--steps=0: give at least 1")
+  (tmp_path / "old.json").write_text("{}")  # An existing --json is kept without --overwrite.
+  r = _run("asl_jax.benchmark", "--config", "configs/asl.py", "--only", "train",
+           "--json", str(tmp_path / "old.json"))
+  _one_paragraph(r, "old.json exists; give another path, or --overwrite")
+  assert (tmp_path / "old.json").read_text() == "{}"
 
 
 def test_gate_output_in_a_missing_folder_exits_2_before_reading(tmp_path, capsys):
@@ -119,6 +124,15 @@ def test_evaluate_write_predictions_in_a_missing_folder(tmp_path):
   r = _run("asl_jax.evaluate", "--predictions", str(tmp_path / "p.csv"), "--ground_truth",
            str(tmp_path / "gt.csv"), "--write_predictions", str(tmp_path / "no" / "p.csv"))
   _one_paragraph(r, "--write_predictions=", "does not exist")
+  (tmp_path / "old.csv").write_text("keep")  # Replaced only with --overwrite.
+  args = ["--predictions", str(tmp_path / "p.csv"), "--ground_truth", str(tmp_path / "gt.csv"),
+          "--write_predictions", str(tmp_path / "old.csv")]
+  _one_paragraph(_run("asl_jax.evaluate", *args), "old.csv exists; give another path")
+  assert (tmp_path / "old.csv").read_text() == "keep"
+  assert _run("asl_jax.evaluate", *args, "--overwrite").returncode == 0
+  assert (tmp_path / "old.csv").read_text().splitlines() == ["query_id,reference_id,score",
+                                                             "Q1,R1,0.5"]
+  assert not [p for p in os.listdir(tmp_path) if p.endswith(".partial")]
 
 
 # -------------------------------------------------- asl_jax.evaluate inputs --
@@ -221,6 +235,21 @@ def test_gate_decision_rescore_and_calibration_are_explicit(tmp_path, capsys):
   args = _gate_run(tmp_path)
   assert gate.main([*args, "--decision", "calibrated_norm"]) == 2  # "calibration": null.
   assert "records no calibration" in capsys.readouterr().err
+  assert gate.main([*args, "--decision", "norm"]) == 0
+  # An existing --output (here the predictions themselves) is kept without --overwrite;
+  # bad --rescore and --workers are refused before any work.
+  out, pred = tmp_path / "out.csv", tmp_path / "p.csv"
+  kept, before = out.read_bytes(), pred.read_bytes()
+  for extra, needle in ((["--decision", "norm"], "--output " + str(out) + " exists"),
+                        (["--decision", "norm", "--output", str(pred)], "p.csv exists"),
+                        (["--rescore", "nan", "--overwrite"], "--rescore nan: give the finite"),
+                        (["--workers", "-1", "--overwrite"], "--workers -1: give the")):
+    capsys.readouterr()
+    assert gate.main([*args, *extra]) == 2, extra
+    assert needle in capsys.readouterr().err
+  assert out.read_bytes() == kept and pred.read_bytes() == before
+  args = [*args, "--overwrite"]
+  capsys.readouterr()
   assert gate.main([*args, "--decision", "norm"]) == 0
   captured = capsys.readouterr()
   report = json.loads(captured.out)

@@ -250,7 +250,7 @@ def test_gate_cli_applies_a_runs_decision_to_other_predictions(tmp_path):
                        capture_output=True, text=True, cwd=ROOT)
   assert out.returncode == 2 and "is not prepared" in out.stderr
   # The norm gate needs the run's norms for these ids: named, with status 2.
-  cmd2 = cmd[:-2] + ["--decision", "norm"]
+  cmd2 = cmd[:-2] + ["--decision", "norm", "--overwrite"]
   out = subprocess.run(cmd2, capture_output=True, text=True, cwd=ROOT)
   assert out.returncode == 2 and "queries.h5" in out.stderr
   eval_io.write_descriptors(str(run / "queries.h5"), list(queries), np.zeros((5, 2)),
@@ -260,7 +260,7 @@ def test_gate_cli_applies_a_runs_decision_to_other_predictions(tmp_path):
   out = subprocess.run(cmd2, capture_output=True, text=True, cwd=ROOT)
   assert out.returncode == 0, out.stderr
   assert json.loads(out.stdout)["dropped"] == 5  # Every pair with ref_2 (norm 0.5 < 1).
-  nowhere = [str(tmp_path / "nowhere") if a == str(run) else a for a in cmd]
+  nowhere = [str(tmp_path / "nowhere") if a == str(run) else a for a in cmd] + ["--overwrite"]
   out = subprocess.run(nowhere, capture_output=True, text=True, cwd=ROOT)
   assert out.returncode == 2 and "gate.json does not exist" in out.stderr
 

@@ -47,6 +47,8 @@ _CONFIG = cli.define_config_flag()
 _ONLY = flags.DEFINE_list("only", list(WORKLOADS), f"Workloads, from {', '.join(WORKLOADS)}.")
 _COMPARE = flags.DEFINE_list("compare", [], "Frameworks to compare with: torch.")
 _JSON = flags.DEFINE_string("json", "", "Write the results here as JSON.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --json (once the "
+                               "new file is complete).")
 _SEARCH = flags.DEFINE_string("search", "", "Q,R,D of the search workload.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
 # The flags of `Options`, by field name.
@@ -81,7 +83,7 @@ _OPTIONS = {
 }
 
 
-def check_counts_and_output(o: Options, json_path: str):
+def check_counts_and_output(o: Options, json_path: str, overwrite: bool = False):
   """Before compiling anything: timed counts that can be timed, a --json that can be written."""
   from asl_jax import paths
   from asl_jax.errors import UserError
@@ -90,7 +92,7 @@ def check_counts_and_output(o: Options, json_path: str):
     if value < low:
       raise UserError(f"{flag}={value}: give at least {low} (a rate needs timed steps).")
   if json_path:
-    paths.output_file(json_path, "--json", "the results")
+    paths.new_output_file(json_path, "--json", overwrite, "the results")
 
 
 def check_torch_model(config, request):
@@ -119,7 +121,7 @@ def main(argv):
   options = Options(**{name: flag.value for name, flag in _OPTIONS.items()},
                     config_name=flags.FLAGS["config"].config_filename,
                     overrides=[a for a in sys.argv[1:] if a.startswith("--config.")])
-  check_counts_and_output(options, _JSON.value)
+  check_counts_and_output(options, _JSON.value, _OVERWRITE.value)
   check_torch_model(_CONFIG.value, request)
   import jax
   if _MULTIHOST.value:

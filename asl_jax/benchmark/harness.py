@@ -2,6 +2,7 @@
 JSON file; shared by every workload and by the scripts in benchmarks/."""
 
 import json
+import os
 import time
 
 from asl_jax import flops
@@ -102,6 +103,8 @@ def format_table(result: dict) -> str:
 
 
 def write_json(result: dict, path: str):
-  """The results as the indented JSON file `--json` names."""
-  with open(path, "w") as f:
+  """The results as the indented JSON file `--json` names (a file already
+  there is replaced only once the new one is complete)."""
+  with open(path + ".partial", "w") as f:
     json.dump(result, f, indent=1)
+  os.replace(path + ".partial", path)
