@@ -26,6 +26,9 @@ def csv_rows(path: str, expected: str, error: type[UserError] = UserError) -> li
   decoding failed, what it looks like (an HDF5 file, an image, ...) and what
   was `expected` there, instead of a UnicodeDecodeError's traceback."""
   import csv
+  import os
+  if os.path.isdir(path):
+    raise error(f"{path} is a folder; {expected} was expected there (a file).")
   try:
     with open(path, encoding="utf-8-sig", newline="") as f:
       return list(csv.reader(f))

@@ -120,6 +120,29 @@ def _search(a, qv, rv, budget):
                     "IVF1024,Flat or IVF1024,PQ32 (with enough references to train it).") from None
 
 
+def _check_train_flags(a, train):
+  """--pca_dim and --score_norm_n(_end) against the training descriptors, before
+  any search (they were a library's ValueError and a traceback)."""
+  if a.pca_dim < 0:
+    raise UserError(f"--pca_dim {a.pca_dim}: give the dimensions to PCA-whiten to, or 0 "
+                    "for none.")
+  if train is None:
+    return
+  count, dim = train.shape
+  if a.pca_dim > min(count, dim):
+    raise UserError(
+        f"--pca_dim {a.pca_dim}: the PCA is learned on --train_descriptors, {count} of "
+        f"{dim} dimensions, so it can give at most {min(count, dim)}. Give a smaller "
+        "--pca_dim or more training descriptors.")
+  last = a.score_norm_n if a.score_norm == "isc" else a.score_norm_n_end
+  if a.score_norm != "none" and not 1 <= a.score_norm_n <= last <= count:
+    raise UserError(
+        f"--score_norm {a.score_norm} averages background neighbours n..n_end of each "
+        f"query (n = --score_norm_n {a.score_norm_n}, n_end = "
+        f"{'n' if a.score_norm == 'isc' else '--score_norm_n_end ' + str(a.score_norm_n_end)}"
+        f"); they must satisfy 1 <= n <= n_end <= {count}, the training descriptors given.")
+
+
 def _descriptor_predictions(a, gt_rows):
   import numpy as np
   from asl_jax.evaluation import io, search
@@ -137,6 +160,7 @@ def _descriptor_predictions(a, gt_rows):
     raise UserError("None of the query descriptors' ids appear in the ground truth.")
   qids, qv = [q for q, k in zip(qids, keep) if k], qv[keep]
   train = io.read_descriptors(a.train_descriptors)[1] if a.train_descriptors else None
+  _check_train_flags(a, train)
   settings = {"metric": a.metric, "backend": a.backend, "index": a.index}
   if a.pca_dim:
     if train is None:

@@ -161,7 +161,16 @@ def test_evaluate_bad_descriptor_inputs_are_one_paragraph(tmp_path):
   for extra, needle in ((["--k", "0"], "--k=0: give the number"),
                         (["--global_budget", "abc"], "--global_budget='abc': give a positive"),
                         (["--index", "IVFbogus,Flat"], "--index='IVFbogus,Flat': faiss could not"),
-                        (["--predictions", args[-1]], "--predictions was given together with")):
+                        (["--predictions", args[-1]], "--predictions was given together with"),
+                        # PCA and score normalisation beyond the 30 x 8 training descriptors
+                        # (library ValueErrors, tracebacks, before), a folder as a CSV.
+                        (["--pca_dim", "-5"], "--pca_dim -5: give the dimensions"),
+                        (["--train_descriptors", str(tmp_path / "r.h5"), "--pca_dim", "9"],
+                         "30 of 8 dimensions, so it can give at most 8"),
+                        (["--train_descriptors", str(tmp_path / "r.h5"), "--score_norm", "sscd",
+                          "--score_norm_n", "50", "--score_norm_n_end", "60"],
+                         "1 <= n <= n_end <= 30"),
+                        (["--ground_truth", str(tmp_path)], "is a folder; a ground truth")):
     _one_paragraph(_run("asl_jax.evaluate", *args, *extra), needle)
   with h5py.File(tmp_path / "one.h5", "w") as f:  # 1-D vectors.
     f["vectors"], f["image_names"] = [0.1] * 8, [b"Q0"]
