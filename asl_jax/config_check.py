@@ -285,6 +285,18 @@ def _check_model_init(config, workdir):
       _fail("model.init_from", init, f"another directory than --workdir={workdir!r}",
             "Reports and checkpoints would be written into the run being read; give a new "
             "--workdir for the evaluation.")
+  checkpoints = os.path.join(os.path.expanduser(workdir or ""), "checkpoints")
+  trained = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()) if (
+      workdir and t.total_steps == 0 and os.path.isdir(checkpoints)) else []
+  if trained:
+    _fail("train.total_steps", 0, f"at least 1 in --workdir={workdir!r}, which holds a "
+          f"trained run (the checkpoint of step {trained[-1]})",
+          f"With 0 steps the run evaluates model.init_from={init!r} and would replace that "
+          "run's reports (metrics.json, predictions, descriptors, gate.json) with another "
+          "model's, beside checkpoints and a config.json they no longer match. Give a new "
+          "--workdir. To evaluate the trained run itself, rerun its own command (it evaluates "
+          f"where training ended), or give --config.model.init_from={workdir} with a new "
+          "--workdir.")
 
 
 # Why a recipe's required field (config.required_fields) has no default.

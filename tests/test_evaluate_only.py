@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from asl_jax import checkpointing, data, sharding, train
+from asl_jax import checkpointing, config_check, data, sharding, train
 from asl_jax.errors import UserError
 from asl_jax.evaluation import embedding, io
 from conftest import tiny_config
@@ -74,6 +74,13 @@ def test_evaluate_another_runs_workdir_into_a_new_one(tiny_builder, data_dir, tm
   with pytest.raises(UserError, match="another directory than --workdir"):
     train.train_and_evaluate(e, source)
   assert _snapshot(source) == before
+  # Another model evaluated into the trained run's workdir replaced its reports, silently.
+  e.model.init_from = os.path.join(str(tmp_path), "elsewhere.onnx")
+  with pytest.raises(UserError, match=r"total_steps=0 is not allowed: it must be at least 1 "
+                     r"in --workdir=.*trained run \(the checkpoint of step 2\).*Give a new"):
+    config_check.validate(e, source)
+  assert _snapshot(source) == before
+  e.model.init_from = source
   with pytest.raises(UserError, match="without asl_jax checkpoints") as no_run:
     checkpointing.load_model_from(str(tmp_path), params, stats, e)
   assert "train.total_steps=0" not in str(no_run.value)
