@@ -363,3 +363,28 @@ def test_csv_files_that_are_not_utf8_are_one_paragraph(tmp_path):
   _one_paragraph(r, "an HDF5 file (descriptors?), is not UTF-8 text",
                  "a predictions CSV (query_id,reference_id,score rows) was expected")
   assert r.stderr.count("\n") == 1
+
+
+def test_prepare_refuses_bad_numbers_and_paths_before_creating_anything(tmp_path, capsys):
+  """A negative --max_side or a --jpeg_quality of 500 named a variant of the set
+  and prepared it; a --data_dir that is a file was a NotADirectoryError; a
+  folder set's missing --manual_dir printed NDEC's download instructions."""
+  from tfds_ndec import prepare
+  from test_folder import make_set
+  make_set(tmp_path / "mine", train=False)
+  (tmp_path / "file").write_text("x")
+  data_dir = tmp_path / "data"
+  base = ["folder", "--manual_dir", str(tmp_path / "mine"), "--data_dir", str(data_dir)]
+  for extra, needle in ((["--max_side", "-5"], "--max_side -5: give 0 (keep) or more"),
+                        (["--max_side", "200", "--jpeg_quality", "500"],
+                         "--jpeg_quality 500: give a JPEG quality, 1-100"),
+                        (["--workers", "-2"], "--workers -2: give 0"),
+                        (["--data_dir", str(tmp_path / "file")], "file is a file; give the"),
+                        (["--manual_dir", str(tmp_path / "absent")],
+                         "absent does not exist: give the folder of the set"),
+                        (["--manual_dir", str(tmp_path / "file")], "file is a file: give the")):
+    capsys.readouterr()
+    assert prepare.main([*base, *extra]) == 2, extra
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and "Download" not in err, err
+  assert not data_dir.exists()

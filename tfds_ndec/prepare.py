@@ -52,8 +52,33 @@ def parse(argv=None):
   return p.parse_args(argv)
 
 
+def check_flags(args):
+  """The numbers and paths, before anything is created under --data_dir."""
+  from asl_jax.errors import UserError
+  for flag, value, allowed in (("--workers", args.workers, "0 (one per core) or more"),
+                               ("--max_side", args.max_side, "0 (keep) or more"),
+                               ("--max_shard_examples", args.max_shard_examples,
+                                "0 (automatic) or more")):
+    if value < 0:
+      raise UserError(f"{flag} {value}: give {allowed}.")
+  if not 1 <= args.jpeg_quality <= 100:
+    raise UserError(f"--jpeg_quality {args.jpeg_quality}: give a JPEG quality, 1-100 "
+                    "(90 by default; it is used only with --max_side).")
+  manual_dir = os.path.expanduser(args.manual_dir)
+  if args.source == "folder" and not os.path.isdir(manual_dir):
+    what = "is a file" if os.path.exists(manual_dir) else "does not exist"
+    raise UserError(f"--manual_dir {args.manual_dir} {what}: give the folder of the set "
+                    "(references/, queries/, ground_truth.csv; optionally train/ and "
+                    "queries.csv).")
+  data_dir = os.path.expanduser(args.data_dir)
+  if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    raise UserError(f"--data_dir {args.data_dir} is a file; give the folder the prepared "
+                    "sets go in (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
+
+
 def run(args):
   """Prepares the set `args` name and prints what was written."""
+  check_flags(args)
   if args.source == "folder":
     from tfds_ndec import folder
     config = tfds_ndec.folder_config(folder.set_name(args.manual_dir, args.name),
