@@ -88,6 +88,10 @@ def test_benchmark_json_in_a_missing_folder_and_zero_steps_exit_2_before_compili
   _one_paragraph(r, "--json=", "does not exist")
   r = _run("asl_jax.benchmark", "--config", "configs/asl.py", "--only", "train", "--steps", "0")
   _one_paragraph(r, "--steps=0: give at least 1")
+  for extra, needle in ((["--k", "0"], "--k=0: give the neighbours"),  # Were tracebacks.
+                        (["--search", "20,5,16", "--k", "10"], "--k=10 is more than the 5")):
+    r = _run("asl_jax.benchmark", "--config", "configs/asl.py", "--only", "search", *extra)
+    _one_paragraph(r, needle)
   (tmp_path / "old.json").write_text("{}")  # An existing --json is kept without --overwrite.
   r = _run("asl_jax.benchmark", "--config", "configs/asl.py", "--only", "train",
            "--json", str(tmp_path / "old.json"))

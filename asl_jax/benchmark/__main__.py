@@ -91,8 +91,18 @@ def check_counts_and_output(o: Options, json_path: str, overwrite: bool = False)
                            ("--input_batches", o.input_batches, 1)):
     if value < low:
       raise UserError(f"{flag}={value}: give at least {low} (a rate needs timed steps).")
+  if o.k < 1:
+    raise UserError(f"--k={o.k}: give the neighbours per query of the search, at least 1.")
   if json_path:
     paths.new_output_file(json_path, "--json", overwrite, "the results")
+
+
+def check_search(o: Options, request):
+  """The search's k fits its references (--search Q,R,D)."""
+  from asl_jax.errors import UserError
+  if request.search and "search" in request.workloads and o.k > request.search[1]:
+    raise UserError(f"--k={o.k} is more than the {request.search[1]} references of "
+                    f"--search={','.join(map(str, request.search))}; give --k <= R.")
 
 
 def check_torch_model(config, request):
@@ -122,6 +132,7 @@ def main(argv):
                     config_name=flags.FLAGS["config"].config_filename,
                     overrides=[a for a in sys.argv[1:] if a.startswith("--config.")])
   check_counts_and_output(options, _JSON.value, _OVERWRITE.value)
+  check_search(options, request)
   check_torch_model(_CONFIG.value, request)
   import jax
   if _MULTIHOST.value:
