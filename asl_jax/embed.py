@@ -54,7 +54,7 @@ def run(args, log=print) -> dict:
     skipped = folder.skipped
     if not folder.images:
       raise UserError(f"--images {args.images} holds no readable image "
-                      f"({len(skipped)} files skipped; formats read: "
+                      f"({image_folder.skipped_summary(skipped)}; formats read: "
                       f"{', '.join(image_folder.IMAGE_EXTENSIONS)}).")
     source, ids = inference.folder_source(folder)
   model_run = inference.load_run(args.workdir)

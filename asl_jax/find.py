@@ -83,7 +83,8 @@ def run(args, log=print) -> dict:
   folder = image_folder.scan(args.images)
   if len(folder.images) < 2:
     raise UserError(f"--images {args.images} holds {len(folder.images)} readable images "
-                    f"({len(folder.skipped)} files skipped); copies need at least two.")
+                    f"({image_folder.skipped_summary(folder.skipped)}); copies need at least "
+                    "two.")
   model_run = inference.load_run(args.workdir)
   log(f"Embedding {len(folder.images)} images of {args.images} ({len(folder.skipped)} "
       f"files skipped) with {args.workdir} (step {model_run.step})")

@@ -33,6 +33,14 @@ class Skipped:
   reason: str  # unsupported | unreadable: <error>
 
 
+def skipped_summary(skipped: list[Skipped], show: int = 3) -> str:
+  """'N files skipped: a (reason), b (reason), ...' for a message."""
+  if not skipped:
+    return "no files skipped"
+  named = ", ".join(f"{s.path} ({s.reason})" for s in skipped[:show])
+  return f"{len(skipped)} files skipped: {named}" + (", ..." if len(skipped) > show else "")
+
+
 @dataclasses.dataclass
 class Folder:
   """The images of a folder (paths relative to `root`, sorted) and the files

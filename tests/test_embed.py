@@ -133,11 +133,18 @@ def test_bad_arguments_fail_before_any_work(tiny_run, tmp_path, capsys):
        "either --images"),
       (["--split", "validation", "--out", str(tmp_path / "a.h5")], "use one of queries"),
       (["--images", str(tmp_path / "none"), "--out", str(tmp_path / "a.h5")], "not a folder"),
+      # Only bad files: they are named (only their count was given).
+      (["--images", str(tmp_path / "bad"), "--out", str(tmp_path / "a.h5")],
+       "holds no readable image (2 files skipped: "),
   ]
+  (tmp_path / "bad").mkdir()
+  (tmp_path / "bad" / "notes.txt").write_text("x")
+  (tmp_path / "bad" / "broken.jpg").write_text("not a JPEG")
   for argv, message in cases:
     assert embed.main(["--workdir", workdir, *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, (argv, err)
+  assert "broken.jpg (unreadable" in err and "notes.txt (unsupported)" in err, err
   assert existing.read_bytes() == b"keep me"
   assert embed.main(["--workdir", str(tmp_path), "--images", str(tmp_path),
                      "--out", str(tmp_path / "a.h5")]) == 2
