@@ -22,7 +22,9 @@ and prints a JSON summary.
 
 import collections
 import dataclasses
+import glob
 import os
+import re
 
 from asl_jax import cli
 from asl_jax.errors import UserError
@@ -100,8 +102,11 @@ def run(args, log=print) -> dict:
   os.makedirs(args.out, exist_ok=True)
   copies.write_pairs(os.path.join(args.out, "pairs.csv"), found, folder)
   copies.write_skipped(os.path.join(args.out, "skipped.csv"), folder.skipped)
-  sheets = contact_sheet.write(contact_sheet.default_prefix(args.out), found, folder,
-                               image_folder.load)
+  prefix = contact_sheet.default_prefix(args.out)
+  sheets = contact_sheet.write(prefix, found, folder, image_folder.load)
+  for stale in glob.glob(glob.escape(prefix) + "_*.png"):  # Pages of an earlier, longer run.
+    if stale not in sheets and re.fullmatch(r"_\d+\.png", stale[len(prefix):]):
+      os.remove(stale)
   for s in folder.skipped:
     log(f"  skipped {s.path}: {s.reason}")
   verdicts = collections.Counter(p.verdict for p in decided)

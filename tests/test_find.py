@@ -75,6 +75,9 @@ def _rows(path):
 def test_finds_the_copies_and_their_directions(tiny_run, tmp_path, capsys):
   root, out = str(tmp_path / "library"), str(tmp_path / "found")
   expected = _library(root)
+  os.makedirs(out)  # A second page left by an earlier, longer run; a file of the user's.
+  Image.new("RGB", (4, 4)).save(os.path.join(out, "contact_sheet_2.png"))
+  Image.new("RGB", (4, 4)).save(os.path.join(out, "contact_sheet_mine.png"))
   # The tiny run's descriptors are barely trained: every pair is a candidate
   # here, and the verification alone must pick the copies out.
   assert find.main(["--workdir", tiny_run[0], "--images", root, "--out", out, "--threshold",
@@ -102,6 +105,9 @@ def test_finds_the_copies_and_their_directions(tiny_run, tmp_path, capsys):
   assert summary["skipped"] == 2
   with Image.open(os.path.join(out, "contact_sheet.png")) as sheet:
     assert sheet.height > 4 * 160 and sheet.width > 600
+  # One page now: the stale second page is gone (it was left beside the new one).
+  assert sorted(f for f in os.listdir(out) if f.startswith("contact")) == [
+      "contact_sheet.png", "contact_sheet_mine.png"]
 
 
 def _verdict(reason):

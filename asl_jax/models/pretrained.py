@@ -137,7 +137,8 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """name -> float32 array, from a .pth/.pt or .safetensors file."""
   if not os.path.isfile(path):
     raise UserError(f"model.init_from={path!r}: no such file. Give the path of a "
-                    "torchvision-format .pth/.pt or a timm .safetensors checkpoint.")
+                    "torchvision-format .pth/.pt or a timm .safetensors checkpoint, an "
+                    "ONNX copy detector (.onnx), or an asl_jax run's --workdir.")
   raw = read_safetensors(path) if path.endswith(".safetensors") else read_torch(path)
   for key in ("state_dict", "model", "module"):  # Common wrappers.
     if isinstance(raw, dict) and isinstance(raw.get(key), dict):
