@@ -38,7 +38,8 @@ def status(work, interrupted: str = INTERRUPTED) -> int:
   the code of a `SystemExit` it raises (argparse: 0 for --help, 2 for a usage
   error), 2 with the one-paragraph message for a `UserError`, 130 with the
   line `interrupted` for Ctrl-C."""
-  previous_hook, sys.unraisablehook = sys.unraisablehook, _deliver_swallowed_interrupt
+  previous_hook = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: _deliver_swallowed_interrupt(unraisable, previous_hook)
   try:
     work()
   except UserError as e:
@@ -57,18 +58,18 @@ def status(work, interrupted: str = INTERRUPTED) -> int:
   return 0
 
 
-def _deliver_swallowed_interrupt(unraisable):
+def _deliver_swallowed_interrupt(unraisable, previous_hook):
   """sys.unraisablehook while a command runs. Python runs a signal's handler
   wherever the main thread is, and when that is a callback whose exceptions
   cannot propagate (JAX's garbage-collection callback, a __del__), the
   KeyboardInterrupt of a Ctrl-C is printed as "Exception ignored" and lost:
   the command would go on to the end. This delivers the Ctrl-C again, from
   another thread a moment later, so that its handler runs once the callback
-  has returned; anything else is reported as Python would."""
+  has returned; anything else goes to the hook that was in place."""
   if isinstance(unraisable.exc_value, KeyboardInterrupt):
     threading.Timer(0.01, _thread.interrupt_main).start()
   else:
-    sys.__unraisablehook__(unraisable)
+    previous_hook(unraisable)
 
 
 def exit_process(code: int):
