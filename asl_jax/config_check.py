@@ -286,11 +286,11 @@ def _check_model_init(config, workdir):
             "Reports and checkpoints would be written into the run being read; give a new "
             "--workdir for the evaluation.")
   checkpoints = os.path.join(os.path.expanduser(workdir or ""), "checkpoints")
-  trained = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()) if (
-      workdir and t.total_steps == 0 and os.path.isdir(checkpoints)) else []
-  if trained:
+  trained = max((int(d) for d in os.listdir(checkpoints) if d.isdigit()), default=None) if (
+      workdir and t.total_steps == 0 and os.path.isdir(checkpoints)) else None
+  if trained is not None:
     _fail("train.total_steps", 0, f"at least 1 in --workdir={workdir!r}, which holds a "
-          f"trained run (the checkpoint of step {trained[-1]})",
+          f"trained run (the checkpoint of step {trained})",
           f"With 0 steps the run evaluates model.init_from={init!r} and would replace that "
           "run's reports (metrics.json, predictions, descriptors, gate.json) with another "
           "model's, beside checkpoints and a config.json they no longer match. Give a new "

@@ -1,5 +1,8 @@
 """Errors that reach the user as one clear paragraph instead of a traceback."""
 
+import csv
+import os
+
 
 class UserError(Exception):
   """Bad input or setup: the message says what was expected and what to do.
@@ -25,8 +28,6 @@ def csv_rows(path: str, expected: str, error: type[UserError] = UserError) -> li
   A file that is not UTF-8 text is an `error` naming it, the byte where
   decoding failed, what it looks like (an HDF5 file, an image, ...) and what
   was `expected` there, instead of a UnicodeDecodeError's traceback."""
-  import csv
-  import os
   if os.path.isdir(path):
     raise error(f"{path} is a folder; {expected} was expected there (a file).")
   try:

@@ -25,11 +25,12 @@ run's float32 parameters are used as they are). Same parameters, same function.
 
 import json
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+
+from asl_jax import paths
 
 INSTALL = ("pip install --no-deps jax2onnx==0.17.1 'onnx-ir>=1.1' (jax2onnx's own "
            "requirements pin orbax-checkpoint<0.11.37, which asl_jax's checkpoints "
@@ -89,10 +90,8 @@ def export(run, path: str, opset: int = 23):
   for key, value in meta.items():
     entry = proto.metadata_props.add()
     entry.key, entry.value = key, value
-  tmp = path + ".partial"
-  with open(tmp, "wb") as f:
+  with paths.replaced_when_written(path, "wb") as f:
     f.write(proto.SerializeToString())
-  os.replace(tmp, path)
   return proto
 
 

@@ -5,10 +5,21 @@ Writability is tried (a temporary file is created and removed), not read
 from the permission bits: that also catches read-only mounts, and root.
 """
 
+import contextlib
 import os
 import tempfile
 
 from asl_jax.errors import UserError
+
+
+@contextlib.contextmanager
+def replaced_when_written(path: str, mode: str = "w", suffix: str = ".partial", **kwargs):
+  """open(path + suffix, mode) for the block; `path` is replaced by it only once
+  the block has ended without an error, so a kill or an error leaves the old
+  file (or none) rather than half a new one."""
+  with open(path + suffix, mode, **kwargs) as f:
+    yield f
+  os.replace(path + suffix, path)
 
 
 def _existing_ancestor(path: str) -> str:

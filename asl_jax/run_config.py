@@ -13,6 +13,7 @@ accepted changes only, so that it never disagrees with the checkpoint.
 import json
 import os
 
+from asl_jax import paths
 from asl_jax.errors import UserError
 
 FILE = "config.json"
@@ -90,9 +91,8 @@ def as_dict(config) -> dict:
 def write(workdir: str, record: dict):
   """Writes config.json atomically (a kill leaves the old one or the new one)."""
   path = os.path.join(workdir, FILE)
-  with open(path + ".tmp", "w") as f:
+  with paths.replaced_when_written(path, suffix=".tmp") as f:
     json.dump(record, f, indent=2)
-  os.replace(path + ".tmp", path)
 
 
 def check_resume(workdir: str, config, resuming: bool, log=print, writer=True) -> dict:

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from asl_jax import (checkpointing, config_check, data, input_pipeline, optim, run_config,
-                     sharding, tensorboard)
+from asl_jax import (checkpointing, config_check, data, input_pipeline, optim, paths,
+                     run_config, sharding, tensorboard)
 from asl_jax.errors import UserError
 # Also reached as train.<name> by main (Preempted), benchmarks, flops and tests.
 from asl_jax.objective import loss_fn
@@ -226,9 +226,8 @@ def _drop_lines_after(path: str, step: int):
     lines = f.readlines()
   keep = [line for line in lines if _logged_step(line) <= step]
   if len(keep) != len(lines):
-    with open(path + ".tmp", "w") as f:
+    with paths.replaced_when_written(path, suffix=".tmp") as f:
       f.writelines(keep)
-    os.replace(path + ".tmp", path)
 
 
 def _logged_step(line: str) -> float:

@@ -2,10 +2,9 @@
 JSON file; shared by every workload and by the scripts in benchmarks/."""
 
 import json
-import os
 import time
 
-from asl_jax import flops
+from asl_jax import flops, paths
 
 PEAK_TFLOPS = flops.PEAK_TFLOPS  # Dense peak TFLOP/s per chip, (bf16, fp32).
 peak_tflops = flops.peak_tflops
@@ -105,6 +104,5 @@ def format_table(result: dict) -> str:
 def write_json(result: dict, path: str):
   """The results as the indented JSON file `--json` names (a file already
   there is replaced only once the new one is complete)."""
-  with open(path + ".partial", "w") as f:
+  with paths.replaced_when_written(path) as f:
     json.dump(result, f, indent=1)
-  os.replace(path + ".partial", path)

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from asl_jax import errors, image_folder
+from asl_jax import errors, image_folder, paths
 from asl_jax.errors import UserError
 
 
@@ -133,13 +133,11 @@ def write_ground_truth(path: str, rows: Sequence[tuple[str, str]]):
 def write_predictions(path: str, query_ids, reference_ids, scores):
   """The ISC predictions CSV; a file already at `path` is replaced only once
   the new one is complete."""
-  tmp = path + ".partial"
-  with open(tmp, "w", newline="") as f:
+  with paths.replaced_when_written(path, newline="") as f:
     w = csv.writer(f, lineterminator="\n")
     w.writerow(["query_id", "reference_id", "score"])
     for q, r, s in zip(query_ids, reference_ids, scores):
       w.writerow([q, r, repr(float(s))])
-  os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- HDF5 --
